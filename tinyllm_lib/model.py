@@ -1,0 +1,286 @@
+"""TinyLLM: a decoder-only transformer with Llama's architecture and parameter names.
+
+Each block is pre-norm: ``x + Attention(RMSNorm(x))`` then ``x + MLP(RMSNorm(x))``.
+Positions enter only through rotary embeddings applied to queries and keys; the MLP is
+SwiGLU; attention may share key/value heads between query heads (grouped-query attention).
+The module tree mirrors Hugging Face's ``LlamaForCausalLM`` so that ``state_dict()`` keys
+are the same and a Llama checkpoint of the same shape gives the same logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+IGNORE_INDEX = -100
+"""Label value that carries no loss (prompt tokens, padding)."""
+
+
+def default_device() -> torch.device:
+    """The best device this machine has: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm: ``x / sqrt(mean(x^2) + eps) * weight``.
+
+    Unlike LayerNorm it neither subtracts the mean nor adds a bias: rescaling alone keeps
+    activations in range and is cheaper. The statistic is computed in float32 even under
+    bf16 autocast, because a mean of squares loses precision fast in 8 mantissa bits.
+    """
+
+    def __init__(self, size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rope_tables(
+    config: ModelConfig, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine tables ``[max_seq_len, head_dim]`` for rotary position embedding.
+
+    Pair ``i`` of each head's dimensions turns by angle ``position * theta^(-2i/head_dim)``:
+    fast-turning pairs encode fine position, slow ones coarse position. Like Llama, the
+    pairs are (i, i + head_dim/2), so each frequency appears twice in the table.
+    """
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    positions = torch.arange(config.max_seq_len, dtype=torch.float64)
+    angles = torch.outer(positions, inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float().to(device), angles.sin().float().to(device)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Map each pair (a, b) = (x[i], x[i + d/2]) to (-b, a): a 90-degree turn."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [batch, heads, seq, head_dim]`` by the angles of its positions.
+
+    After rotation, the dot product of a query at position m and a key at position n
+    depends only on m - n: attention sees relative position for free.
+    """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated.
+
+    Without a cache, generating token t re-computes keys and values for all t - 1 earlier
+    tokens. With it, each step computes them for one new token and writes them into a
+    buffer sized for the whole context, so a decode step costs O(t) instead of O(t^2).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int = 0
+
+    @classmethod
+    def empty(
+        cls, config: ModelConfig, batch_size: int = 1, max_len: int | None = None,
+        device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+    ) -> KVCache:
+        shape = (batch_size, config.kv_heads, max_len or config.max_seq_len, config.head_dim)
+
+        def buffers() -> list[torch.Tensor]:
+            layers = range(config.num_layers)
+            return [torch.zeros(shape, device=device, dtype=dtype) for _ in layers]
+
+        return cls(keys=buffers(), values=buffers())
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+
+class Attention(nn.Module):
+    """Causal self-attention with rotary positions and grouped-query heads."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.kv_heads = config.kv_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        self.q_proj = nn.Linear(config.hidden_size, config.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        cache: KVCache | None = None, layer: int = 0,
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        past = 0
+        if cache is not None:
+            past = cache.length
+            cache.keys[layer][:, :, past : past + seq] = k
+            cache.values[layer][:, :, past : past + seq] = v
+            k = cache.keys[layer][:, :, : past + seq]
+            v = cache.values[layer][:, :, : past + seq]
+
+        if past == 0 or seq == 1:
+            # A fresh sequence is plainly causal; a single new token may see everything cached.
+            mask, is_causal = None, past == 0 and seq > 1
+        else:
+            # A chunk after a cached prefix: query i sits at position past + i.
+            rows = torch.arange(seq, device=x.device)[:, None] + past
+            mask, is_causal = torch.arange(past + seq, device=x.device)[None, :] <= rows, False
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.kv_heads != self.num_heads,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``.
+
+    The gate decides, per hidden unit, how much of the ``up`` projection passes; gated
+    MLPs train better than a plain ReLU/GELU MLP at the same parameter count.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.mlp_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.mlp_size, bias=False)
+        self.down_proj = nn.Linear(config.mlp_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderBlock(nn.Module):
+    """One pre-norm transformer block: normalise, transform, add back to the residual."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        cache: KVCache | None, layer: int,
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class DecoderStack(nn.Module):
+    """Embeddings, the blocks and the final norm: Llama's ``model`` submodule."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class TinyLLM(nn.Module):
+    """A decoder-only language model: token ids in, next-token logits out."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DecoderStack(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_embeddings:
+            # One matrix both embeds tokens and scores them: fewer parameters, and the
+            # input and output views of a token stay consistent.
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_tables(config)
+        # Non-persistent: derived from the config, so they stay out of the state dict.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # Llama's initialisation: normal(0, 0.02) for every matrix.
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits ``[batch, seq, vocab]`` for ``input_ids [batch, seq]``.
+
+        With a ``cache``, ``input_ids`` continue the tokens already cached: their keys and
+        values are appended and ``cache.length`` advances.
+        """
+        seq = input_ids.shape[1]
+        start = cache.length if cache is not None else 0
+        limit = cache.capacity if cache is not None else self.config.max_seq_len
+        if start + seq > min(limit, self.config.max_seq_len):
+            raise ValueError(
+                f"sequence of {start + seq} tokens exceeds the context length "
+                f"{min(limit, self.config.max_seq_len)}"
+            )
+        cos = self.rope_cos[start : start + seq]
+        sin = self.rope_sin[start : start + seq]
+        x = self.model.embed_tokens(input_ids)
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.length += seq
+        return self.lm_head(self.model.norm(x))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+
+def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token negative log-likelihood and the number of tokens it covers.
+
+    Labels are aligned with the inputs; position t's logits predict label t + 1, so both
+    are shifted here. Returning the *sum* lets callers normalise by the token count of a
+    whole optimizer step (gradient accumulation) or a whole dataset (perplexity).
+    """
+    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shifted_labels = labels[:, 1:].reshape(-1)
+    nll = F.cross_entropy(
+        shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return nll, int((shifted_labels != IGNORE_INDEX).sum())
+
+
+def parameter_counts(config: ModelConfig) -> dict[str, int]:
+    """Parameters per component, computed from the shapes (a tied head costs nothing)."""
+    h, layers = config.hidden_size, config.num_layers
+    kv = config.kv_heads * config.head_dim
+    return {
+        "embeddings": config.vocab_size * h,
+        "attention": layers * (2 * h * h + 2 * h * kv),
+        "mlp": layers * 3 * h * config.mlp_size,
+        "norms": (2 * layers + 1) * h,
+        "head": 0 if config.tie_embeddings else config.vocab_size * h,
+    }
