@@ -1,0 +1,265 @@
+"""Instruction datasets: from files on disk to padded batches of token ids.
+
+Three common shapes of instruction data are read into one form, a list of ChatML messages
+per conversation:
+
+- native JSONL, one ``{"messages": [{"role": ..., "content": ...}, ...]}`` per line;
+- Alpaca, ``{"instruction", "input" (optional), "output"}``: one user message (the
+  instruction, then a blank line and the input if there is one) and one reply;
+- ShareGPT, ``{"conversations": [{"from": "human" | "gpt" | "system", "value": ...}]}``.
+
+Each record's shape is recognised by its fields, so a ``.json`` list or a ``.jsonl`` file
+may hold any of them. A bad record stops loading with a ``DatasetError`` that names the
+file, the line (JSONL) or record index (JSON), and what is wrong: silently skipping data
+hides bugs in the code that wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinyllm_lib.chat import (
+    IGNORE_INDEX,
+    EncodedChat,
+    Message,
+    check_messages,
+    encode_chat,
+    split_turns,
+)
+from tinyllm_lib.tokenizer import Tokenizer
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+class DatasetError(ValueError):
+    """A dataset file, or one of its records, is not valid instruction data."""
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for error messages about JSON files."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _string_field(record: dict[str, Any], field: str, where: str = "") -> str:
+    if field not in record:
+        raise ValueError(f"{where}missing field {field!r}")
+    value = record[field]
+    if not isinstance(value, str):
+        raise ValueError(f"{where}field {field!r} must be a string, got {_json_type(value)}")
+    return value
+
+
+def _list_field(record: dict[str, Any], field: str) -> list[Any]:
+    value = record[field]
+    if not isinstance(value, list):
+        raise ValueError(f"field {field!r} must be an array, got {_json_type(value)}")
+    return value
+
+
+def _from_native(record: dict[str, Any]) -> list[Message]:
+    messages = _list_field(record, "messages")
+    check_messages(messages)
+    return [Message(role=m["role"], content=m["content"]) for m in messages]
+
+
+def _from_alpaca(record: dict[str, Any]) -> list[Message]:
+    instruction = _string_field(record, "instruction")
+    extra = _string_field(record, "input") if record.get("input") is not None else ""
+    output = _string_field(record, "output")
+    user = f"{instruction}\n\n{extra}" if extra else instruction
+    return [Message(role="user", content=user), Message(role="assistant", content=output)]
+
+
+def _from_sharegpt(record: dict[str, Any]) -> list[Message]:
+    messages = []
+    for i, turn in enumerate(_list_field(record, "conversations")):
+        where = f"conversations[{i}]: "
+        if not isinstance(turn, dict):
+            raise ValueError(f"{where}expected an object, got {_json_type(turn)}")
+        speaker = _string_field(turn, "from", where)
+        if speaker not in SHAREGPT_ROLES:
+            raise ValueError(
+                f"{where}unknown role 'from': {speaker!r} (expected one of "
+                f"{', '.join(SHAREGPT_ROLES)})"
+            )
+        value = _string_field(turn, "value", where)
+        messages.append(Message(role=SHAREGPT_ROLES[speaker], content=value))
+    return messages
+
+
+def record_to_messages(record: Any) -> list[Message]:
+    """One parsed record of any supported shape, as checked ChatML messages.
+
+    Raises ``ValueError`` saying what is wrong; ``load_conversations`` adds where.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {_json_type(record)}")
+    if "messages" in record:
+        messages = _from_native(record)
+    elif "conversations" in record:
+        messages = _from_sharegpt(record)
+    elif "instruction" in record:
+        messages = _from_alpaca(record)
+    else:
+        raise ValueError(
+            "unknown record shape: expected a 'messages' (native), 'conversations' "
+            f"(ShareGPT) or 'instruction' (Alpaca) field, got fields {sorted(record)}"
+        )
+    if not messages:
+        raise ValueError("empty conversation")
+    split_turns(messages)  # roles alternate and the last message is the assistant's reply
+    return messages
+
+
+def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, record)`` pairs, ``where`` being "line N" or "record [i]"."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(
+                    f"{path}: line {number}, column {err.colno}: invalid JSON ({err.msg})"
+                ) from None
+    elif path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DatasetError(
+                f"{path}: line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})"
+            ) from None
+        if not isinstance(records, list):
+            raise DatasetError(
+                f"{path}: expected a JSON array of records, got {_json_type(records)}"
+            )
+        for index, record in enumerate(records):
+            yield f"record [{index}]", record
+    else:
+        raise DatasetError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .json)")
+
+
+def load_conversations(path: str | Path) -> list[list[Message]]:
+    """Every conversation in a native, Alpaca or ShareGPT file (``.jsonl`` or ``.json``).
+
+    The default system message is not added here; ``encode_chat`` adds it when rendering.
+    """
+    path = Path(path)
+    conversations = []
+    for where, record in _read_records(path):
+        try:
+            conversations.append(record_to_messages(record))
+        except ValueError as err:
+            raise DatasetError(f"{path}: {where}: {err}") from None
+    return conversations
+
+
+def write_jsonl(path: str | Path, conversations: Sequence[Sequence[Message]]) -> None:
+    """Write conversations as native JSONL, one ``{"messages": [...]}`` per line.
+
+    Text is written as UTF-8, not ``\\u`` escapes, so Chinese stays readable in the file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        for messages in conversations:
+            file.write(json.dumps({"messages": list(messages)}, ensure_ascii=False) + "\n")
+
+
+def tokenize_conversations(
+    tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]], max_len: int | None
+) -> list[EncodedChat]:
+    """``encode_chat`` on every conversation, each trimmed to ``max_len`` tokens.
+
+    An error names the conversation's index; one that cannot fit raises
+    ``ConversationTooLongError`` rather than being dropped, so no data vanishes unseen.
+    """
+    examples = []
+    for index, messages in enumerate(conversations):
+        try:
+            examples.append(encode_chat(tokenizer, messages, max_len=max_len))
+        except ValueError as err:  # keeps the type, e.g. ConversationTooLongError
+            raise type(err)(f"conversation {index}: {err}") from None
+    return examples
+
+
+@dataclass
+class Batch:
+    """A right-padded batch; every tensor is ``[batch, seq]`` of dtype long."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            input_ids=self.input_ids.to(device),
+            labels=self.labels.to(device),
+            attention_mask=self.attention_mask.to(device),
+        )
+
+
+def collate(examples: Sequence[EncodedChat], pad_id: int) -> Batch:
+    """Stack examples into one batch, padding each on the right to the longest.
+
+    Padding gets ``pad_id`` as input, ``-100`` as label and 0 in ``attention_mask``.
+    Training a causal model needs no mask in the forward pass: every pad comes after all
+    of its row's real tokens, and causal attention only looks back, so no real token ever
+    attends to a pad; the pads' own outputs are ignored through their -100 labels. The
+    mask is kept for counting real tokens and for tools that expect one.
+    """
+    if not examples:
+        raise ValueError("collate: no examples to batch")
+    length = max(len(example) for example in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example)
+        input_ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
+        labels[row, :n] = torch.tensor(example.labels, dtype=torch.long)
+        attention_mask[row, :n] = 1
+    return Batch(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
+
+
+def label_token_count(batch: Batch) -> int:
+    """How many positions the loss is taken over: labels other than -100 after the shift.
+
+    The first label is dropped because no earlier position predicts it. Summing this over
+    the micro-batches of an optimizer step gives the denominator that makes gradient
+    accumulation equal one large batch.
+    """
+    return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example indices of one epoch, the same for a given seed and epoch.
+
+    The order depends on nothing else, in particular not on the micro-batch size, so
+    training with batch size 8 and with 4 x 2 accumulation sees the same examples in the
+    same order. Each epoch gets its own generator seed (distinct for epochs < 1_000_003).
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+def micro_batches(order: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Consecutive slices of ``order`` of ``batch_size`` indices (the last may be shorter)."""
+    if batch_size < 1:
+        raise ValueError(f"micro_batches: batch_size must be >= 1, got {batch_size}")
+    return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
