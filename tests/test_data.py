@@ -13,6 +13,7 @@ from tinyllm_lib.data import (
     epoch_order,
     label_token_count,
     load_conversations,
+    load_task_names,
     micro_batches,
     tokenize_conversations,
     write_jsonl,
@@ -230,3 +231,14 @@ def test_micro_batches_draw_the_same_examples_whatever_the_batch_size():
     assert sum(micro_batches(order, 2)[:2], []) == micro_batches(order, 4)[0]
     with pytest.raises(ValueError, match="batch_size"):
         micro_batches(order, 0)
+
+
+def test_load_task_names_reads_tags_and_defaults(tmp_path):
+    path = tmp_path / "tagged.jsonl"
+    convo = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]
+    lines = [{"messages": convo, "task": "arithmetic"}, {"messages": convo}]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
+    assert load_task_names(path) == ["arithmetic", "all"]
+    path.write_text(json.dumps({"messages": convo, "task": 3}) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"tagged\.jsonl: line 1: 'task' must be a string"):
+        load_task_names(path)

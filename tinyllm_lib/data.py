@@ -169,6 +169,22 @@ def load_conversations(path: str | Path) -> list[list[Message]]:
     return conversations
 
 
+def load_task_names(path: str | Path, default: str = "all") -> list[str]:
+    """The ``"task"`` field of every record in ``path``, in order (``default`` when absent).
+
+    Evaluation reports exact match per task family; the project's own data tags each
+    conversation with its family, while Alpaca or ShareGPT files fall under ``default``.
+    """
+    path = Path(path)
+    names = []
+    for where, record in _read_records(path):
+        task = record.get("task", default) if isinstance(record, dict) else default
+        if not isinstance(task, str):
+            raise DatasetError(f"{path}: {where}: 'task' must be a string, got {_json_type(task)}")
+        names.append(task)
+    return names
+
+
 def write_jsonl(path: str | Path, conversations: Sequence[Sequence[Message]]) -> None:
     """Write conversations as native JSONL, one ``{"messages": [...]}`` per line.
 
