@@ -1,0 +1,304 @@
+"""LoRA against the formula written out in float64, and against PEFT itself when installed."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tinyllm_lib.config import PRESETS, LoRAConfig, ModelConfig
+from tinyllm_lib.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    LoRALinear,
+    apply_lora,
+    count_parameters,
+    load_adapter,
+    lora_layers,
+    lora_state_dict,
+    merge_lora,
+    merged_state_dict,
+    save_adapter,
+    trainable_report,
+    unmerge_lora,
+)
+from tinyllm_lib.model import TinyLLM, parameter_counts
+
+CFG = PRESETS["test"]
+LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_model(config: ModelConfig = CFG, seed: int = 0) -> TinyLLM:
+    torch.manual_seed(seed)
+    return TinyLLM(config).eval()
+
+
+def randomize_b(model: TinyLLM, seed: int = 1) -> None:
+    """Give every B a non-zero value, as training would, so the update is visible."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            w = layer.lora_B.weight
+            w.copy_(torch.randn(w.shape, generator=gen) * 0.1)
+
+
+def ids(seq: int = 10) -> torch.Tensor:
+    return torch.randint(0, CFG.vocab_size, (2, seq), generator=torch.Generator().manual_seed(5))
+
+
+def reference_linear(layer: LoRALinear, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x W^T + scale x A^T B^T, in float64."""
+    w, a, b = (t.double() for t in (layer.base_layer.weight, layer.lora_A.weight,
+                                    layer.lora_B.weight))
+    x = x.double()
+    return x @ w.T + scale * (x @ a.T) @ b.T
+
+
+def test_init_matches_peft_and_model_starts_equal_to_base():
+    base = make_model()
+    model = apply_lora(make_model(), LoRAConfig(rank=4, target_modules="all-linear"))
+    for _, layer in lora_layers(model):
+        bound = 1 / math.sqrt(layer.base_layer.in_features)  # kaiming_uniform(a=sqrt 5)
+        a = layer.lora_A.weight
+        assert a.abs().max() <= bound and a.abs().max() > 0.8 * bound
+        assert torch.count_nonzero(layer.lora_B.weight) == 0
+    with torch.no_grad():
+        assert torch.equal(model(ids()), base(ids()))
+
+
+@pytest.mark.parametrize("rslora, expected", [(False, 8 / 4), (True, 8 / 2)])
+def test_scale_and_forward_follow_the_formula(rslora, expected):
+    model = apply_lora(make_model(), LoRAConfig(rank=4, alpha=8, use_rslora=rslora))
+    randomize_b(model)
+    layer = model.model.layers[0].self_attn.q_proj
+    assert layer.scale == expected
+    x = torch.randn(3, CFG.hidden_size)
+    with torch.no_grad():
+        got = layer(x).double()
+    assert (got - reference_linear(layer, x, expected)).abs().max() < 1e-5
+
+
+def test_only_lora_parameters_train_and_counts_match_the_shapes():
+    model = apply_lora(make_model(), LoRAConfig(rank=8))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert {n.split(".")[4] for n in trainable} == {"q_proj", "v_proj"}
+    kv = CFG.kv_heads * CFG.head_dim
+    per_layer = 8 * (CFG.hidden_size + CFG.hidden_size) + 8 * (CFG.hidden_size + kv)
+    expected_trainable = CFG.num_layers * per_layer
+    expected_total = sum(parameter_counts(CFG).values()) + expected_trainable  # tied: once
+    assert count_parameters(model) == (expected_trainable, expected_total)
+    report = trainable_report(model)
+    share = 100 * expected_trainable / expected_total
+    assert report == (f"trainable params: {expected_trainable:,} || all params: "
+                      f"{expected_total:,} || trainable%: {share:.4f}")
+
+
+def test_seed_default_config_trains_under_one_percent():
+    torch.manual_seed(0)
+    model = apply_lora(TinyLLM(ModelConfig()), LoRAConfig())
+    print(trainable_report(model))
+    trainable, total = count_parameters(model)
+    assert trainable == 6 * 2 * 8 * (512 + 512)
+    assert 0.003 < trainable / total < 0.006
+
+
+def test_all_linear_targets_every_linear_except_lm_head():
+    untied = ModelConfig(**{**CFG.__dict__, "tie_embeddings": False})
+    model = apply_lora(make_model(untied), LoRAConfig(target_modules="all-linear"))
+    wrapped = {path.rpartition(".")[2] for path, _ in lora_layers(model)}
+    assert wrapped == set(LINEAR_NAMES)
+    assert len(lora_layers(model)) == 7 * CFG.num_layers
+    assert not isinstance(model.lm_head, LoRALinear)
+    assert lora_layers(model)[0][1].config.target_modules == tuple(sorted(LINEAR_NAMES))
+
+
+def test_unknown_target_lists_the_available_names():
+    with pytest.raises(ValueError, match="qproj") as err:
+        apply_lora(make_model(), LoRAConfig(target_modules=("qproj",)))
+    assert all(name in str(err.value) for name in LINEAR_NAMES + ["lm_head"])
+
+
+def test_tied_lm_head_is_refused_and_applying_twice_is_an_error():
+    with pytest.raises(ValueError, match="tied"):
+        apply_lora(make_model(), LoRAConfig(target_modules=("lm_head",)))
+    model = apply_lora(make_model(), LoRAConfig())
+    with pytest.raises(ValueError, match="already has LoRA"):
+        apply_lora(model, LoRAConfig())
+
+
+def test_merge_and_unmerge_are_exact():
+    model = apply_lora(make_model(), LoRAConfig(rank=4, alpha=16, target_modules="all-linear"))
+    randomize_b(model)
+    layer = model.model.layers[1].mlp.down_proj
+    original = layer.base_layer.weight.detach().clone()
+    a, b = layer.lora_A.weight.double(), layer.lora_B.weight.double()
+    with torch.no_grad():
+        before = model(ids())
+        merge_lora(model)
+        merged = model(ids())
+    expected_w = original.double() + 4.0 * b @ a
+    assert (layer.base_layer.weight.double() - expected_w).abs().max() < 1e-6
+    assert (merged - before).abs().max() < 1e-5  # the branch is not added a second time
+    with pytest.raises(ValueError, match="already merged"):
+        merge_lora(model)
+    with torch.no_grad():
+        unmerge_lora(model)
+        after = model(ids())
+    assert (layer.base_layer.weight - original).abs().max() < 1e-6
+    assert (after - before).abs().max() < 1e-5
+
+
+def test_merged_state_dict_is_a_plain_model_with_the_update_folded_in():
+    model = apply_lora(make_model(), LoRAConfig(rank=4))
+    randomize_b(model)
+    plain = make_model()
+    plain.load_state_dict(merged_state_dict(model))
+    with torch.no_grad():
+        assert (plain(ids()) - model(ids())).abs().max() < 1e-5
+    assert all("lora" not in k for k in merged_state_dict(model))
+
+
+def test_dropout_acts_only_on_the_lora_branch_in_train_mode():
+    model = apply_lora(make_model(), LoRAConfig(dropout=0.5))
+    layer = model.model.layers[0].self_attn.v_proj
+    x = torch.randn(4, CFG.hidden_size)
+    layer.train()
+    with torch.no_grad():
+        # B = 0: whatever dropout does to the branch, the base path is untouched.
+        assert torch.equal(layer(x), layer.base_layer(x))
+        randomize_b(model)
+        train_a, train_b = layer(x), layer(x)
+        layer.eval()
+        evaluated = layer(x)
+    assert not torch.equal(train_a, train_b)
+    assert (evaluated.double() - reference_linear(layer, x, layer.scale)).abs().max() < 1e-5
+
+
+def test_state_dict_keys_use_peft_names():
+    model = apply_lora(make_model(), LoRAConfig())
+    expected = {
+        f"base_model.model.model.layers.{i}.self_attn.{p}.lora_{m}.weight"
+        for i in range(CFG.num_layers) for p in ("q_proj", "v_proj") for m in "AB"
+    }
+    assert set(lora_state_dict(model)) == expected
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    model = apply_lora(make_model(), LoRAConfig(rank=4, alpha=8, dropout=0.1, use_rslora=True))
+    randomize_b(model)
+    save_adapter(model, tmp_path, base_model_name_or_path="base")
+    config = json.loads((tmp_path / ADAPTER_CONFIG).read_text())
+    assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM"
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 8, 0.1)
+    assert config["target_modules"] == ["q_proj", "v_proj"] and config["use_rslora"] is True
+    assert config["base_model_name_or_path"] == "base" and config["bias"] == "none"
+    assert sorted(load_file(tmp_path / ADAPTER_WEIGHTS)) == sorted(lora_state_dict(model))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+    fresh = load_adapter(make_model(), tmp_path)
+    assert not any(p.requires_grad for n, p in fresh.named_parameters() if "lora" not in n)
+    with torch.no_grad():
+        assert torch.equal(fresh(ids()), model(ids()))
+    # Loading into a model that already has matching LoRA layers also works.
+    again = load_adapter(apply_lora(make_model(), LoRAConfig(rank=4, alpha=8, use_rslora=True)),
+                         tmp_path)
+    with torch.no_grad():
+        assert torch.equal(again(ids()), model(ids()))
+
+
+def test_adapter_for_another_shape_is_refused_untouched(tmp_path):
+    save_adapter(apply_lora(make_model(), LoRAConfig()), tmp_path)
+    other = make_model(ModelConfig(**{**CFG.__dict__, "hidden_size": 32, "num_heads": 2,
+                                      "num_kv_heads": 1}))
+    with pytest.raises(ValueError, match=r"adapter_model.safetensors.*q_proj.lora_A.weight.*"
+                                         r"\[8, 64\].*\[8, 32\]"):
+        load_adapter(other, tmp_path)
+    assert not lora_layers(other)  # a failed load changes nothing
+
+
+def test_missing_or_unexpected_keys_and_config_mismatch_are_named(tmp_path):
+    save_adapter(apply_lora(make_model(), LoRAConfig()), tmp_path)
+    tensors = load_file(tmp_path / ADAPTER_WEIGHTS)
+    dropped = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+    del tensors[dropped]
+    save_file(tensors, tmp_path / ADAPTER_WEIGHTS)
+    with pytest.raises(ValueError, match=r"adapter_model.safetensors.*missing.*layers\.1\.self"):
+        load_adapter(make_model(), tmp_path)
+    with pytest.raises(ValueError, match=r"adapter_config.json.*'r' is 8.*4"):
+        load_adapter(apply_lora(make_model(), LoRAConfig(rank=4)), tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"r": None}, "missing field 'r'"),
+    ({"r": "8"}, "'r' must be a int"),
+    ({"r": 0}, "rank must be >= 1"),
+    ({"peft_type": "IA3"}, "'peft_type' must be 'LORA'"),
+    ({"use_dora": True}, "'use_dora'"),
+    ({"target_modules": "q_proj|v_proj"}, "'target_modules'"),
+])
+def test_bad_adapter_config_names_the_file_and_field(tmp_path, change, message):
+    save_adapter(apply_lora(make_model(), LoRAConfig()), tmp_path)
+    path = tmp_path / ADAPTER_CONFIG
+    config = json.loads(path.read_text())
+    config.update(change)
+    config = {k: v for k, v in config.items() if v is not None}
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="adapter_config.json") as err:
+        load_adapter(make_model(), tmp_path)
+    assert message in str(err.value)
+
+
+def test_missing_adapter_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_adapter(make_model(), tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_adapter(make_model(), tmp_path)
+
+
+# ---------------------------------------------------------------- against PEFT itself
+
+
+def hf_llama(model: TinyLLM):
+    transformers = pytest.importorskip("transformers")
+    cfg = model.config
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.mlp_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+    ))
+    hf.load_state_dict(model.state_dict())
+    return hf.eval()
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_loads_our_adapter_and_gives_the_same_logits(tmp_path, rslora):
+    peft = pytest.importorskip("peft")
+    model = apply_lora(make_model(), LoRAConfig(rank=4, alpha=8, use_rslora=rslora,
+                                                target_modules="all-linear"))
+    randomize_b(model)
+    hf = hf_llama(make_model())
+    save_adapter(model, tmp_path)
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path).eval()
+    with torch.no_grad():
+        assert (peft_model(ids()).logits - model(ids())).abs().max() < 1e-4
+
+
+def test_we_load_a_peft_adapter_and_count_parameters_like_peft(tmp_path):
+    peft = pytest.importorskip("peft")
+    hf = hf_llama(make_model())
+    peft_model = peft.get_peft_model(hf, peft.LoraConfig(
+        r=4, lora_alpha=12, target_modules="all-linear", lora_dropout=0.0))
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(3)
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    peft_model.save_pretrained(tmp_path)
+    ours = load_adapter(make_model(), tmp_path)
+    assert count_parameters(ours) == peft_model.get_nb_trainable_parameters()
+    with torch.no_grad():
+        assert (peft_model.eval()(ids()).logits - ours(ids())).abs().max() < 1e-4

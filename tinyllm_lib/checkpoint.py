@@ -1,0 +1,224 @@
+"""Save and load a whole model: ``config.json`` + ``model.safetensors`` + ``tokenizer.json``.
+
+The folder is a Hugging Face Llama checkpoint: ``config.json`` is a valid ``LlamaConfig``
+and the weights carry Llama's names, so ``transformers.LlamaForCausalLM.from_pretrained``
+loads what a reader trains here, and ``load_pretrained`` loads a Llama checkpoint saved by
+``transformers`` (given a ``tokenizer.json`` of ours next to it). Our ``ModelConfig`` fields
+map one to one onto Llama's; ``dropout`` becomes ``attention_dropout``, a training-time
+setting that inference ignores on both sides.
+
+Saving is atomic: the files are written into a temporary folder next to the target, which
+takes the target's name only when complete. A crash mid-save leaves the old model intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from .config import ModelConfig
+from .lora import load_checked_tensors, merged_state_dict, read_json_object
+from .model import TinyLLM, default_device
+from .tokenizer import Tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+# (ModelConfig field, LlamaConfig field, JSON kind)
+LLAMA_FIELDS: tuple[tuple[str, str, type], ...] = (
+    ("vocab_size", "vocab_size", int),
+    ("hidden_size", "hidden_size", int),
+    ("num_layers", "num_hidden_layers", int),
+    ("num_heads", "num_attention_heads", int),
+    ("num_kv_heads", "num_key_value_heads", int),
+    ("intermediate_size", "intermediate_size", int),
+    ("max_seq_len", "max_position_embeddings", int),
+    ("rope_theta", "rope_theta", float),
+    ("rms_norm_eps", "rms_norm_eps", float),
+    ("tie_embeddings", "tie_word_embeddings", bool),
+    ("dropout", "attention_dropout", float),
+)
+# Llama fields a file may leave out, with the value transformers then uses.
+# (A missing num_key_value_heads means one per attention head.)
+LLAMA_DEFAULTS: dict[str, Any] = {"tie_word_embeddings": False, "attention_dropout": 0.0}
+DEFAULT_ROPE_THETA = 10000.0
+# Llama options whose other values would change the math TinyLLM implements.
+LLAMA_FIXED: dict[str, Any] = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False}
+# Fields transformers writes that do not affect the logits.
+LLAMA_IGNORED = frozenset({
+    "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "dtype", "torch_dtype",
+    "initializer_range", "pretraining_tp", "transformers_version", "use_cache", "_name_or_path",
+})
+
+
+def config_to_llama(config: ModelConfig) -> dict[str, Any]:
+    """``config.json`` for ``config``: a Llama config that also says everything we need."""
+    data: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", **LLAMA_FIXED
+    }
+    resolved = {"num_kv_heads": config.kv_heads, "intermediate_size": config.mlp_size}
+    for ours, theirs, _ in LLAMA_FIELDS:
+        data[theirs] = resolved.get(ours, getattr(config, ours))
+    data["head_dim"] = config.head_dim
+    return data
+
+
+def _checked(value: Any, kind: type, name: str, path: Path) -> Any:
+    exact = isinstance(value, bool) == (kind is bool)
+    if not (exact and isinstance(value, int | float if kind is float else kind)):
+        raise ValueError(f"{path}: field '{name}' must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"{path}: field '{name}' must be finite, got {value!r}")
+    if kind is int and value < 1:
+        raise ValueError(f"{path}: field '{name}' must be >= 1, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _rope_theta(data: dict[str, Any], path: Path) -> Any:
+    """transformers 4 writes ``rope_theta``; transformers 5 nests it in ``rope_parameters``."""
+    if data.get("rope_scaling") is not None:
+        raise ValueError(f"{path}: field 'rope_scaling' is not supported (RoPE scaling)")
+    params = data.get("rope_parameters")
+    if params is None:
+        return data.get("rope_theta", DEFAULT_ROPE_THETA)
+    if not isinstance(params, dict) or params.get("rope_type", "default") != "default":
+        raise ValueError(f"{path}: field 'rope_parameters' = {params!r} is not plain RoPE")
+    theta = params.get("rope_theta", data.get("rope_theta", DEFAULT_ROPE_THETA))
+    if "rope_theta" in data and data["rope_theta"] != theta:
+        raise ValueError(f"{path}: 'rope_theta' and 'rope_parameters.rope_theta' disagree")
+    return theta
+
+
+def config_from_llama(data: dict[str, Any], path: Path) -> ModelConfig:
+    """The ``ModelConfig`` a Llama ``config.json`` describes; errors name ``path`` and field.
+
+    Values equal to what ``ModelConfig`` would derive anyway come back as ``None``
+    (``num_kv_heads``, ``intermediate_size``), so a save/load round trip is exact.
+    """
+    known = {theirs for _, theirs, _ in LLAMA_FIELDS} | set(LLAMA_FIXED) | LLAMA_IGNORED
+    special = {"model_type", "head_dim", "rope_parameters", "rope_scaling"}
+    unknown = sorted(set(data) - known - special)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown} for a Llama/TinyLLM config")
+    for name, value in {"model_type": "llama", **LLAMA_FIXED}.items():
+        if data.get(name, LLAMA_FIXED.get(name)) != value:
+            raise ValueError(f"{path}: field '{name}' must be {value!r}, got {data.get(name)!r}")
+    values = {
+        **LLAMA_DEFAULTS, "num_key_value_heads": data.get("num_attention_heads"), **data,
+        "rope_theta": _rope_theta(data, path),
+    }
+    fields: dict[str, Any] = {}
+    for ours, theirs, kind in LLAMA_FIELDS:
+        if theirs not in values:
+            raise ValueError(f"{path}: missing field '{theirs}'")
+        fields[ours] = _checked(values[theirs], kind, theirs, path)
+    try:
+        config = ModelConfig(**fields)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if data.get("head_dim") not in (None, config.head_dim):
+        raise ValueError(
+            f"{path}: field 'head_dim' is {data['head_dim']} but hidden_size / "
+            f"num_attention_heads = {config.head_dim}"
+        )
+    if config.num_kv_heads == config.num_heads:
+        config.num_kv_heads = None
+    if config.intermediate_size == replace(config, intermediate_size=None).mlp_size:
+        config.intermediate_size = None
+    return config
+
+
+def _weights_to_save(model: TinyLLM) -> dict[str, torch.Tensor]:
+    """Llama-named tensors; a tied head is left out, as transformers does, and re-tied on load."""
+    state = merged_state_dict(model)
+    if model.config.tie_embeddings:
+        del state["lm_head.weight"]
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _check_vocab(tokenizer: Tokenizer, config: ModelConfig, where: str) -> None:
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"vocab_size is {config.vocab_size}; ids past the embedding would crash"
+        )
+
+
+def save_pretrained(model: TinyLLM, tokenizer: Tokenizer, directory: str | Path) -> None:
+    """Write ``model`` and ``tokenizer`` to ``directory``, replacing it only when complete.
+
+    A model with LoRA layers is saved merged (base weight + update), as a plain model;
+    save its adapter alone with ``lora.save_adapter``. Other files already in
+    ``directory`` (an adapter, logs) are kept.
+    """
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target}: exists and is not a directory")
+    _check_vocab(tokenizer, model.config, f"save_pretrained({target})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        config_text = json.dumps(config_to_llama(model.config), indent=2) + "\n"
+        (staging / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+        save_file(_weights_to_save(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        tokenizer.save(staging / TOKENIZER_FILE)
+        _replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace_directory(staging: Path, target: Path) -> None:
+    """Give ``staging`` the name ``target``, carrying over files of ``target`` it lacks.
+
+    Directories cannot be swapped in one atomic step, so the old one is first renamed
+    aside and deleted only after the new one is in place.
+    """
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    for entry in target.iterdir():
+        if not (staging / entry.name).exists():
+            os.replace(entry, staging / entry.name)
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old)
+
+
+def load_pretrained(
+    directory: str | Path, device: str | torch.device | None = None
+) -> tuple[TinyLLM, Tokenizer]:
+    """Load a folder written by ``save_pretrained`` (or a Llama one with our tokenizer).
+
+    The model comes back in eval mode on ``device`` (default: the best one available).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: model directory not found")
+    config_path = directory / CONFIG_FILE
+    config = config_from_llama(read_json_object(config_path), config_path)
+    tokenizer_path = directory / TOKENIZER_FILE
+    if not tokenizer_path.is_file():
+        raise FileNotFoundError(f"{tokenizer_path}: file not found")
+    tokenizer = Tokenizer.load(tokenizer_path)
+    _check_vocab(tokenizer, config, str(directory))
+
+    model = TinyLLM(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.tie_embeddings:
+        del expected["lm_head.weight"]  # shares embed_tokens' tensor, loaded through it
+    tensors = load_checked_tensors(directory / WEIGHTS_FILE, expected)
+    model.load_state_dict(tensors, strict=False)  # strict checking was done above
+    return model.to(device or default_device()).eval(), tokenizer

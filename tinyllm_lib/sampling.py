@@ -1,0 +1,310 @@
+"""Sampling: from next-token logits to a stream of generated token ids.
+
+A language model gives, for the next position, one score (logit) per vocabulary entry;
+``softmax`` turns them into a probability distribution. *Decoding* chooses a token from it,
+appends the token to the input and repeats. Always taking the most probable token
+(greedy decoding) is deterministic but tends to loop; sampling from the raw distribution
+is varied but now and then picks an absurd token from the long tail. The *logits
+processors* below reshape the distribution between those extremes, and are applied in
+this order, as Hugging Face's ``generate`` applies its processors of the same names:
+
+1. ``apply_repetition_penalty``: make tokens already in the text less likely;
+2. ``apply_temperature``: sharpen or flatten the whole distribution;
+3. ``top_k_filter``: keep only the k most likely tokens;
+4. ``top_p_filter``: keep only the most likely tokens that together hold probability p.
+
+Each is a pure function on logits ``[batch, vocab]`` (or ``[vocab]``) that returns new
+logits, with removed tokens at ``-inf`` so that ``softmax`` gives them probability 0.
+
+``generate`` runs the decoding loop with a KV cache: one forward pass over the prompt
+(*prefill*), then one single-token pass per new token (*decode* steps), each reusing the
+keys and values cached for all earlier tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tinyllm_lib.model import KVCache
+
+# --------------------------------------------------------------------------- processors
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, prev_ids: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """Make every token that occurs in ``prev_ids`` less likely (``penalty > 1``).
+
+    A seen token's logit is divided by ``penalty`` when positive and multiplied by it when
+    negative, so either way it moves towards "less likely"; ``penalty < 1`` rewards
+    repetition instead. A token is penalised once however often it occurred (Keskar et al.
+    2019, CTRL). Small models love to repeat themselves, and this is the oldest remedy.
+
+    ``prev_ids`` is ``[batch, seq]`` for ``[batch, vocab]`` logits (``[seq]`` for
+    ``[vocab]``) and holds the whole text so far, prompt included, as Hugging Face does.
+    Ids outside the logits' vocabulary are ignored: the model cannot produce them anyway.
+    """
+    if penalty <= 0:
+        raise ValueError(f"repetition penalty must be > 0, got {penalty}")
+    if prev_ids.dim() != logits.dim():
+        raise ValueError(
+            f"prev_ids must have as many dimensions as logits ({logits.dim()}), "
+            f"got shape {tuple(prev_ids.shape)}"
+        )
+    vocab_size = logits.shape[-1]
+    # One extra column collects out-of-vocabulary ids, then is cut off.
+    seen = torch.zeros((*logits.shape[:-1], vocab_size + 1), dtype=torch.bool,
+                       device=logits.device)
+    seen.scatter_(-1, prev_ids.clamp(max=vocab_size), True)
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen[..., :vocab_size], penalised, logits)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Divide the logits by ``temperature``: below 1 sharpens, above 1 flattens.
+
+    ``softmax(z / T)``: as T falls towards 0 the largest logit takes all the probability
+    (greedy decoding); at T = 1 the model's own distribution is unchanged; as T grows the
+    distribution tends to uniform. The ranking of tokens never changes, only how far
+    apart their probabilities are. T = 0 itself is not a division: ``generate`` treats it
+    as greedy decoding, so here it is an error.
+    """
+    if temperature <= 0:
+        raise ValueError(
+            f"temperature must be > 0, got {temperature} "
+            "(for greedy decoding, give generate temperature=0)"
+        )
+    return logits / temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` highest logits and set the rest to ``-inf``.
+
+    Cutting off the long tail of unlikely tokens removes the rare absurd pick while
+    leaving the choice among plausible ones random. A fixed k is crude, though: after
+    "The capital of France is" one token deserves all the mass, after "I like" hundreds
+    do. Every token tied with the k-th highest logit is kept, so ties can keep more than
+    k; ``k`` larger than the vocabulary keeps everything.
+    """
+    if k < 1:
+        raise ValueError(f"top_k must be >= 1, got {k}")
+    kth_highest = logits.topk(min(k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth_highest, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus sampling: keep the fewest most likely tokens whose probabilities sum to p.
+
+    Unlike top-k, the number of tokens kept adapts to the model's confidence: one token
+    when it is sure, many when it is not (Holtzman et al. 2019). The sum is taken after
+    the processors before it, so the temperature changes which tokens survive.
+
+    The computation, like Hugging Face's, starts from the *least* likely end: sort
+    ascending, take the cumulative probability, and remove each token whose cumulative
+    probability (itself plus everything less likely) is at most ``1 - p``. A token is
+    therefore kept exactly when the tokens sorted above it hold less than ``p``, so a set
+    that reaches ``p`` exactly is enough. Tied tokens are cut in the order ``torch.sort``
+    puts them, and the most likely token is always kept (``min_tokens_to_keep=1``).
+    """
+    if not 0 <= p <= 1:
+        raise ValueError(f"top_p must be in [0, 1], got {p}")
+    sorted_logits, order = torch.sort(logits, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= 1 - p
+    remove_sorted[..., -1:] = False
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+# ------------------------------------------------------------------------ configuration
+
+
+@dataclass
+class SamplingConfig:
+    """How ``generate`` picks each token; each processor is skipped at its neutral value.
+
+    ``temperature=0`` is greedy decoding (the argmax, no randomness; only the repetition
+    penalty still applies). ``top_k`` of 0 or ``None`` and ``top_p=1`` switch those
+    filters off, as in Hugging Face. ``seed`` makes sampling reproducible when no
+    ``torch.Generator`` is given to ``generate``.
+    """
+
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float = 0.95
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 128
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "temperature": (self.temperature >= 0, "must be >= 0"),
+            "top_k": (self.top_k is None or self.top_k >= 0, "must be >= 0 or None"),
+            "top_p": (0 <= self.top_p <= 1, "must be in [0, 1]"),
+            "repetition_penalty": (self.repetition_penalty > 0, "must be > 0"),
+            "max_new_tokens": (self.max_new_tokens >= 0, "must be >= 0"),
+        }
+        for name, (ok, rule) in checks.items():
+            if not ok:
+                raise ValueError(f"SamplingConfig: {name} {rule}, got {getattr(self, name)}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def process_logits(
+    logits: torch.Tensor, prev_ids: torch.Tensor, sampling: SamplingConfig
+) -> torch.Tensor:
+    """The active processors applied in order: penalty, temperature, top-k, top-p.
+
+    In greedy mode only the repetition penalty applies: the others never change which
+    token has the highest logit.
+    """
+    if sampling.repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, prev_ids, sampling.repetition_penalty)
+    if sampling.greedy:
+        return logits
+    if sampling.temperature != 1.0:
+        logits = apply_temperature(logits, sampling.temperature)
+    if sampling.top_k:
+        logits = top_k_filter(logits, sampling.top_k)
+    if sampling.top_p < 1.0:
+        logits = top_p_filter(logits, sampling.top_p)
+    return logits
+
+
+def choose_next(
+    logits: torch.Tensor, prev_ids: torch.Tensor, sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token ids ``[batch, 1]`` for logits ``[batch, vocab]``: argmax or a sample."""
+    logits = process_logits(logits, prev_ids, sampling)
+    if sampling.greedy:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = logits.softmax(dim=-1)
+    if generator is not None:
+        probs = probs.to(generator.device)
+    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _resolve_sampling(sampling: SamplingConfig | None, overrides: dict[str, Any]) -> SamplingConfig:
+    known = {f.name for f in dataclasses.fields(SamplingConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(
+            f"generate: unknown sampling option(s) {unknown}; SamplingConfig has {sorted(known)}"
+        )
+    return dataclasses.replace(sampling or SamplingConfig(), **overrides)
+
+
+def _prompt_tensor(prompt_ids: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The prompt as a ``[1, seq]`` long tensor; one sequence only."""
+    ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
+    if ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.dim() != 1:
+        raise ValueError(
+            f"generate: prompt_ids must be one sequence ([seq] or [1, seq]), "
+            f"got shape {tuple(ids.shape)}"
+        )
+    if ids.numel() == 0:
+        raise ValueError("generate: prompt_ids is empty; the model needs at least one token")
+    return ids[None]
+
+
+def generate(
+    model: nn.Module,
+    prompt_ids: Sequence[int] | torch.Tensor,
+    sampling: SamplingConfig | None = None,
+    *,
+    stop_ids: Iterable[int] = (),
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    **overrides: Any,
+) -> Iterator[int]:
+    """Stream the ids of new tokens after ``prompt_ids``, one at a time, as they are made.
+
+    ``sampling`` (default ``SamplingConfig()``) may be adjusted by keyword, e.g.
+    ``generate(model, ids, temperature=0, max_new_tokens=20)``. Generation stops when
+
+    - a token in ``stop_ids`` is produced: it is *not* yielded, since it marks the end of
+      the reply rather than being part of it (pass the tokenizer's ``im_end_id`` for chat);
+    - ``max_new_tokens`` tokens have been yielded;
+    - prompt plus generated tokens fill the context (``model.config.max_seq_len``), so the
+      whole text can still be fed back to the model (e.g. as chat history).
+
+    Randomness comes from ``generator`` if given, else from a generator seeded with
+    ``sampling.seed``, else from torch's global generator. ``use_cache=False`` recomputes
+    the full forward pass at every step: the same tokens, only slower, to show what the
+    KV cache saves.
+
+    Arguments are checked now, so a prompt longer than the context raises ``ValueError``
+    at the call; the model runs only as the iterator is consumed. While the iterator is
+    unfinished the model stays in eval mode; its training flag is restored when the
+    iterator finishes or is closed.
+    """
+    sampling = _resolve_sampling(sampling, overrides)
+    parameter = next(model.parameters())
+    prompt = _prompt_tensor(prompt_ids, parameter.device)
+    context = model.config.max_seq_len
+    if prompt.shape[1] > context:
+        raise ValueError(
+            f"generate: the prompt has {prompt.shape[1]} tokens, more than the model's "
+            f"context length of {context}"
+        )
+    if generator is None and sampling.seed is not None and not sampling.greedy:
+        generator = torch.Generator(device=parameter.device).manual_seed(sampling.seed)
+    return _stream(model, prompt, sampling, frozenset(stop_ids), generator, use_cache)
+
+
+def _stream(
+    model: nn.Module, prompt: torch.Tensor, sampling: SamplingConfig, stop_ids: frozenset[int],
+    generator: torch.Generator | None, use_cache: bool,
+) -> Iterator[int]:
+    """The decoding loop behind ``generate``.
+
+    ``inference_mode`` wraps each computation, never a ``yield``: a context manager held
+    across a ``yield`` would stay switched on in the caller's code between steps.
+    """
+    prompt_len = prompt.shape[1]
+    total = min(prompt_len + sampling.max_new_tokens, model.config.max_seq_len)
+    if total == prompt_len:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            # Every token so far, for the repetition penalty and the no-cache forward pass.
+            tokens = torch.empty((1, total), dtype=torch.long, device=prompt.device)
+            tokens[:, :prompt_len] = prompt
+            cache = None
+            if use_cache:
+                dtype = next(model.parameters()).dtype
+                cache = KVCache.empty(model.config, 1, total, prompt.device, dtype)
+            logits = model(prompt, cache)[:, -1]
+        for length in range(prompt_len, total):
+            with torch.inference_mode():
+                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+                next_token = choose_next(logits, tokens[:, :length], sampling, generator)
+                token_id = int(next_token)
+            if token_id in stop_ids:
+                return
+            yield token_id
+            if length + 1 == total:
+                return
+            with torch.inference_mode():
+                tokens[:, length] = next_token[:, 0]
+                step_input = next_token if use_cache else tokens[:, : length + 1]
+                logits = model(step_input, cache)[:, -1]
+    finally:
+        model.train(was_training)

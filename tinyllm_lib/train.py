@@ -1,0 +1,593 @@
+"""The training loop: accumulation, schedule, clipping, early stopping, checkpoints, resume.
+
+One optimizer step takes the next ``batch_size * grad_accum`` examples of the epoch's seeded
+order, splits them into micro-batches of ``batch_size``, backpropagates each, clips the
+summed gradient and lets AdamW update the weights. Only parameters with
+``requires_grad=True`` are trained, optimized and checkpointed, so full fine-tuning and
+LoRA (which freezes the base) run through the same code.
+
+Steps are counted from 1: the record with ``step=5`` describes the fifth optimizer step,
+whose learning rate is ``lr_at(4, ...)``.
+
+An epoch has ``ceil(len(train) / (batch_size * grad_accum))`` steps; the last one may be
+short (ragged). It is kept, not dropped: the loss is normalised by the tokens actually in
+the step, so a short step is just a noisier estimate of the same gradient, and no example
+goes unseen. ``max_steps``, when set, replaces ``epochs * steps_per_epoch`` as the length of
+the run (training continues into further epochs, each in its own seeded order).
+
+Validation runs every ``eval_every`` steps and after the last step, not at epoch ends, so
+that ``patience`` always means the same number of steps whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+from tqdm.auto import tqdm
+
+from tinyllm_lib.chat import IGNORE_INDEX, EncodedChat
+from tinyllm_lib.config import TrainConfig, config_to_dict
+from tinyllm_lib.data import Batch, collate, epoch_order, label_token_count, micro_batches
+from tinyllm_lib.evaluate import perplexity
+from tinyllm_lib.model import default_device, lm_loss_sum
+
+CHECKPOINT_DIR = "checkpoint"
+"""Name of the checkpoint folder inside ``out_dir``."""
+_PARTIAL_DIR = "checkpoint.tmp"  # a checkpoint being written
+_PREVIOUS_DIR = "checkpoint.old"  # the checkpoint being replaced
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite; that step was not applied."""
+
+
+@dataclass
+class StepRecord:
+    """What one optimizer step did: a line of the JSONL log and of ``TrainResult.history``.
+
+    ``loss`` is the mean NLL per label token of the step, ``grad_norm`` the global gradient
+    norm *before* clipping (a spike there is the first sign of trouble), ``epoch`` the
+    fraction of epochs done, ``val_loss`` the validation loss when the step evaluated.
+    """
+
+    step: int
+    epoch: float
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    val_loss: float | None = None
+
+
+@dataclass
+class TrainerState:
+    """The loop's progress: everything a resumed run needs besides weights, optimizer, RNG."""
+
+    step: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    history: list[StepRecord] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerState:
+        fields = dict(data)
+        history = [StepRecord(**record) for record in fields.pop("history")]
+        return cls(**fields, history=history)
+
+
+@dataclass
+class TrainResult:
+    """How a ``fit`` ended. The model itself then holds the best (or final) weights."""
+
+    steps: int
+    best_val_loss: float | None
+    best_step: int | None
+    restored_best: bool
+    stopped_early: bool
+    reason: str
+    history: list[StepRecord]
+
+
+@dataclass
+class StepLoss:
+    """Totals of one optimizer step's micro-batches (plain numbers, no graph attached)."""
+
+    nll_sum: float
+    label_tokens: int
+    input_tokens: int
+
+    @property
+    def mean(self) -> float:
+        return self.nll_sum / self.label_tokens
+
+
+def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Learning rate of the optimizer step with 0-based index ``step`` out of ``total_steps``.
+
+    Warmup ramps linearly, ``lr * (step + 1) / warmup_steps``, so the first step already
+    learns and step ``warmup_steps - 1`` reaches the peak: Adam's moment estimates are noisy
+    at first, and full-size steps on them can wreck a pretrained model. Then half a cosine
+    falls from ``lr`` to ``min_lr_ratio * lr`` at the last step, ``total_steps - 1``: smaller
+    steps at the end settle into a minimum instead of bouncing around it.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    floor = config.lr * config.min_lr_ratio
+    decay_steps = max(1, total_steps - 1 - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters training changes, by name (a tied matrix appears once)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the trainable parameters: what a checkpoint stores."""
+    return {
+        name: p.detach().to("cpu", copy=True) for name, p in trainable_parameters(model).items()
+    }
+
+
+def load_trainable_state(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str = "state"
+) -> None:
+    """Copy ``state`` into the model's trainable parameters; names and shapes must match."""
+    params = trainable_parameters(model)
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: does not match the model's trainable parameters "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            if state[name].shape != param.shape:
+                raise ValueError(
+                    f"{source}: {name} has shape {list(state[name].shape)}, "
+                    f"the model's has {list(param.shape)}"
+                )
+            param.copy_(state[name])
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on matrices, none on 1-D parameters.
+
+    Decay pulls weights toward zero, which limits how large the many entries of a matrix
+    (linear layer, embedding, LoRA A and B) can grow: a regulariser. A 1-D parameter is a
+    per-feature gain or offset: an RMSNorm gain's neutral value is 1, not 0, so pulling it
+    to zero would silence features rather than regularise, and there are too few of them
+    to overfit.
+    """
+    decay, no_decay = [], []
+    for param in trainable_parameters(model).values():
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def accumulate_gradients(
+    model: nn.Module, batches: Sequence[Batch], bf16: bool = False
+) -> StepLoss:
+    """Backpropagate the mean NLL over *all* label tokens of one optimizer step.
+
+    The label tokens of every micro-batch are counted first; each micro-batch then
+    backpropagates ``nll_sum / total_tokens``. Gradients add up across ``backward`` calls,
+    so the sum is exactly the gradient of one big batch's token mean. Dividing each
+    micro-batch by its own token count instead would weigh a token in a short micro-batch
+    more than one in a long micro-batch.
+    """
+    device = next(model.parameters()).device
+    total_tokens = sum(label_token_count(batch) for batch in batches)
+    nll_total = torch.zeros((), device=device)
+    for batch in batches:
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(batch.input_ids)
+        nll_sum, _ = lm_loss_sum(logits, batch.labels)
+        (nll_sum / total_tokens).backward()
+        nll_total += nll_sum.detach()
+    input_tokens = sum(int(batch.attention_mask.sum()) for batch in batches)
+    return StepLoss(float(nll_total), total_tokens, input_tokens)
+
+
+def _check_settings(config: TrainConfig, has_val: bool, out_dir: Path | None) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(f"TrainConfig: {message}")
+
+    need(config.lr > 0, f"lr must be > 0, got {config.lr}")
+    need(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
+    ratio = config.min_lr_ratio
+    need(0 <= ratio <= 1, f"min_lr_ratio must be in [0, 1], got {ratio}")
+    need(config.max_grad_norm > 0, f"max_grad_norm must be > 0, got {config.max_grad_norm}")
+    need(config.eval_every >= 1, f"eval_every must be >= 1, got {config.eval_every}")
+    for name in ("max_steps", "patience", "save_every"):
+        value = getattr(config, name)
+        need(value is None or value >= 1, f"{name} must be None or >= 1, got {value}")
+    need(config.patience is None or has_val, "patience needs validation examples")
+    need(config.save_every is None or out_dir is not None, "save_every needs an out_dir")
+
+
+def _check_train_examples(examples: Sequence[EncodedChat]) -> None:
+    if not examples:
+        raise ValueError("Trainer: no training examples")
+    for i, example in enumerate(examples):
+        if len(example.labels) != len(example.input_ids):
+            raise ValueError(
+                f"train example {i}: {len(example.input_ids)} input ids but "
+                f"{len(example.labels)} labels"
+            )
+        if all(label == IGNORE_INDEX for label in example.labels[1:]):
+            raise ValueError(
+                f"train example {i}: no label tokens (labels[1:] are all -100), "
+                "so it would teach nothing"
+            )
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` and wait until the disk has it (``fsync``), not just the OS cache."""
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (new files, renames) durable. POSIX only: Windows cannot."""
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def recover_checkpoint(out_dir: str | Path) -> Path | None:
+    """Tidy what an interrupted save left in ``out_dir``; return the checkpoint, if any.
+
+    See ``Trainer.save_checkpoint`` for the write sequence. A partial folder is always
+    incomplete or superseded, so it goes; a previous checkpoint whose replacement never
+    got renamed into place becomes the checkpoint again.
+    """
+    out_dir = Path(out_dir)
+    final, previous = out_dir / CHECKPOINT_DIR, out_dir / _PREVIOUS_DIR
+    partial = out_dir / _PARTIAL_DIR
+    if partial.exists():
+        shutil.rmtree(partial)
+    if previous.exists():
+        if final.exists():
+            shutil.rmtree(previous)
+        else:
+            os.replace(previous, final)
+    return final if final.exists() else None
+
+
+class Trainer:
+    """Fine-tunes the trainable parameters of ``model`` on tokenised chat examples.
+
+    ``train_examples`` and ``val_examples`` are ``EncodedChat``-like objects (``input_ids``,
+    ``labels``). Checkpoints go to ``out_dir/checkpoint/`` every ``config.save_every`` steps;
+    metrics to ``log_dir/<run_name>.jsonl`` when ``log_dir`` is given. The model is moved to
+    ``device`` (default: the best this machine has). ``progress=False`` hides the tqdm bar.
+
+    ``fit`` seeds torch with ``config.seed`` (dropout); initialising the model and the LoRA
+    matrices reproducibly is the caller's job, as is saving the final model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_examples: Sequence[EncodedChat],
+        val_examples: Sequence[EncodedChat],
+        config: TrainConfig,
+        pad_id: int,
+        out_dir: str | Path | None = None,
+        log_dir: str | Path | None = None,
+        run_name: str = "train",
+        device: torch.device | str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        _check_settings(config, bool(val_examples), self.out_dir)
+        _check_train_examples(train_examples)
+        if not trainable_parameters(model):
+            raise ValueError("Trainer: the model has no parameter with requires_grad=True")
+        self.config = config
+        self.train_examples = train_examples
+        self.val_examples = val_examples
+        self.pad_id = pad_id
+        self.log_path = Path(log_dir) / f"{run_name}.jsonl" if log_dir is not None else None
+        self.run_name = run_name
+        self.progress = progress
+        self.model = model.to(torch.device(device) if device is not None else default_device())
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas
+        )
+        self.examples_per_step = config.batch_size * config.grad_accum
+        self.steps_per_epoch = math.ceil(len(train_examples) / self.examples_per_step)
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.state = TrainerState()
+        self.best_weights: dict[str, torch.Tensor] | None = None  # CPU copy, best val loss
+
+    # ----- the loop -------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to the end (or until early stopping) and leave the best weights in the model.
+
+        With ``resume=True`` training continues from ``out_dir/checkpoint`` exactly where it
+        was saved. Without it, an existing checkpoint is an error rather than silently
+        overwritten. On return the model holds the weights of the best validation loss, or
+        the final ones when there is no validation set; ``trainable_state(model)`` gives
+        them.
+        """
+        if resume:
+            self.load_checkpoint()
+        else:
+            if self.config.save_every and recover_checkpoint(self.out_dir) is not None:
+                raise FileExistsError(
+                    f"{self.out_dir / CHECKPOINT_DIR}: a checkpoint exists; resume it "
+                    "(resume=True, --resume) or choose another output folder"
+                )
+            torch.manual_seed(self.config.seed)
+        self.model.train()
+        log = self._open_log()
+        bar = tqdm(
+            total=self.total_steps, initial=self.state.step, desc=self.run_name,
+            disable=not self.progress,
+        )
+        try:
+            while not self._finished():
+                record = self._train_step()
+                if self.val_examples and (
+                    record.step % self.config.eval_every == 0 or record.step == self.total_steps
+                ):
+                    self._evaluate(record)
+                self.state.history.append(record)
+                if log is not None:
+                    log.write(json.dumps(asdict(record)) + "\n")
+                    log.flush()
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{record.loss:.3f}", lr=f"{record.lr:.2e}",
+                    tok_s=f"{record.tokens_per_s:.0f}",
+                )
+                if self.config.save_every and record.step % self.config.save_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+        return self._finish()
+
+    def _finished(self) -> bool:
+        patience = self.config.patience
+        out_of_patience = patience is not None and self.state.evals_without_improvement >= patience
+        return self.state.step >= self.total_steps or out_of_patience
+
+    def _step_indices(self, step: int) -> list[int]:
+        """Example indices of the 0-based optimizer step ``step``: a slice of its epoch's order."""
+        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        start = step_in_epoch * self.examples_per_step
+        order = epoch_order(len(self.train_examples), self.config.seed, epoch)
+        return order[start : start + self.examples_per_step]
+
+    def _train_step(self) -> StepRecord:
+        started = time.perf_counter()
+        step = self.state.step
+        batches = [
+            collate([self.train_examples[i] for i in chunk], self.pad_id)
+            for chunk in micro_batches(self._step_indices(step), self.config.batch_size)
+        ]
+        lr = lr_at(step, self.config, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = accumulate_gradients(self.model, batches, self.config.bf16)
+        params = list(trainable_parameters(self.model).values())
+        grad_norm = float(nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        if not (math.isfinite(loss.mean) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            checkpoint = self.out_dir / CHECKPOINT_DIR if self.out_dir else None
+            kept = checkpoint if checkpoint and checkpoint.exists() else "none saved"
+            raise TrainingDiverged(
+                f"step {step + 1}: loss {loss.mean}, gradient norm {grad_norm}: training "
+                f"stopped and this step was not applied (the model keeps the weights after "
+                f"step {step}; last checkpoint: {kept}). Try a lower lr or max_grad_norm."
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        return StepRecord(
+            step=self.state.step,
+            epoch=self.state.step / self.steps_per_epoch,
+            loss=loss.mean,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens_per_s=loss.input_tokens / (time.perf_counter() - started),
+        )
+
+    def _evaluate(self, record: StepRecord) -> None:
+        """Validate, and remember the weights when they are the best so far."""
+        # The mean NLL per label token, in float32 even under bf16: it decides early stopping.
+        record.val_loss = math.log(
+            perplexity(self.model, self.val_examples, self.config.batch_size)
+        )
+        state = self.state
+        if state.best_val_loss is None or record.val_loss < state.best_val_loss:
+            state.best_val_loss, state.best_step = record.val_loss, record.step
+            state.evals_without_improvement = 0
+            self.best_weights = trainable_state(self.model)
+        else:
+            state.evals_without_improvement += 1
+
+    def _finish(self) -> TrainResult:
+        state = self.state
+        restored = self.best_weights is not None and state.best_step != state.step
+        if restored:
+            load_trainable_state(self.model, self.best_weights, "best weights")
+        stopped_early = state.step < self.total_steps
+        if stopped_early:
+            reason = (
+                f"early stopping after step {state.step}: no improvement in "
+                f"{self.config.patience} evaluations"
+            )
+        else:
+            reason = f"finished all {self.total_steps} steps"
+        if state.best_step is not None:
+            reason += f"; best val loss {state.best_val_loss:.4f} at step {state.best_step}"
+        return TrainResult(
+            steps=state.step,
+            best_val_loss=state.best_val_loss,
+            best_step=state.best_step,
+            restored_best=restored,
+            stopped_early=stopped_early,
+            reason=reason,
+            history=list(state.history),
+        )
+
+    def _open_log(self) -> TextIO | None:
+        """Open the JSONL log, rewritten from the history so far.
+
+        Rewriting (rather than appending) keeps the log equal to the history after a resume:
+        steps a killed run logged after its last checkpoint are dropped, and redone.
+        """
+        if self.log_path is None:
+            return None
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w", encoding="utf-8")  # fit closes it
+        for record in self.state.history:
+            log.write(json.dumps(asdict(record)) + "\n")
+        return log
+
+    # ----- checkpoints ----------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Write everything needed to resume into ``out_dir/checkpoint/``, atomically.
+
+        1. Write every file into ``checkpoint.tmp/`` and ``fsync`` it (and the folder).
+        2. Rename the old ``checkpoint/`` to ``checkpoint.old/``.
+        3. Rename ``checkpoint.tmp/`` to ``checkpoint/`` and ``fsync`` ``out_dir``.
+        4. Delete ``checkpoint.old/``.
+
+        A rename is atomic, and ``checkpoint/`` only ever names a complete checkpoint.
+        Killed during 1, the old ``checkpoint/`` is untouched; between 2 and 3, only
+        ``checkpoint.old/`` is left and ``recover_checkpoint`` renames it back; after 3,
+        the new one is in place. (POSIX cannot rename a folder over a non-empty one, hence
+        the two renames.)
+        """
+        out_dir = self.out_dir
+        final = recover_checkpoint(out_dir)
+        partial = out_dir / _PARTIAL_DIR
+        partial.mkdir(parents=True)
+        files = {
+            "trainable.safetensors": safetensors_bytes(trainable_state(self.model)),
+            "optimizer.pt": _torch_bytes(self.optimizer.state_dict()),
+            "rng.pt": _torch_bytes(_rng_state()),
+            "trainer_state.json": json.dumps(self._checkpoint_info(), indent=1).encode(),
+        }
+        if self.best_weights is not None:
+            files["best.safetensors"] = safetensors_bytes(self.best_weights)
+        for name, data in files.items():
+            _write_durably(partial / name, data)
+        _fsync_dir(partial)
+        if final is not None:
+            os.replace(final, out_dir / _PREVIOUS_DIR)
+        os.replace(partial, out_dir / CHECKPOINT_DIR)
+        _fsync_dir(out_dir)
+        if final is not None:
+            shutil.rmtree(out_dir / _PREVIOUS_DIR)
+        return out_dir / CHECKPOINT_DIR
+
+    def _checkpoint_info(self) -> dict[str, Any]:
+        epoch, step_in_epoch = divmod(self.state.step, self.steps_per_epoch)
+        return {
+            "trainer_state": asdict(self.state),
+            "data_position": {
+                "epoch": epoch,
+                "next_example": step_in_epoch * self.examples_per_step,
+                "num_examples": len(self.train_examples),
+                "examples_per_step": self.examples_per_step,
+                "seed": self.config.seed,
+            },
+            "train_config": config_to_dict(self.config),
+        }
+
+    def load_checkpoint(self) -> None:
+        """Restore weights, optimizer, RNG, data position and history from ``out_dir``.
+
+        The frozen weights are not in the checkpoint: the model must be built the same way
+        (same base, same LoRA setup) as in the run that saved it.
+        """
+        path = recover_checkpoint(self.out_dir) if self.out_dir is not None else None
+        if path is None:
+            raise FileNotFoundError(
+                f"{(self.out_dir or Path('.')) / CHECKPOINT_DIR}: no checkpoint to resume from"
+            )
+        info = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        self._check_same_data(info["data_position"], path)
+        load_trainable_state(
+            self.model, load_file(path / "trainable.safetensors"),
+            str(path / "trainable.safetensors"),
+        )
+        self.optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        )
+        _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+        best_path = path / "best.safetensors"
+        self.best_weights = load_file(best_path) if best_path.exists() else None
+        self.state = TrainerState.from_dict(info["trainer_state"])
+
+    def _check_same_data(self, saved: dict[str, Any], path: Path) -> None:
+        """Refuse to resume when the step -> examples mapping would differ from the saved run."""
+        now = {
+            "num_examples": len(self.train_examples),
+            "examples_per_step": self.examples_per_step,
+            "seed": self.config.seed,
+        }
+        changed = [
+            f"{key} {saved[key]} -> {value}" for key, value in now.items() if saved[key] != value
+        ]
+        if changed:
+            raise ValueError(
+                f"{path}: cannot resume exactly, the data order differs from the saved run "
+                f"(at epoch {saved['epoch']}, example {saved['next_example']}): "
+                + ", ".join(changed)
+            )
+
+
+def _rng_state() -> dict[str, Any]:
+    """The random generators dropout draws from: the CPU one and every CUDA device's."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
