@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .chat import DEFAULT_SYSTEM, Message, encode_chat
+from .chat import DEFAULT_SYSTEM, Message
 from .checkpoint import load_pretrained, save_pretrained
 from .config import PRESETS, LoRAConfig, TrainConfig
 from .data import load_conversations, load_task_names, tokenize_conversations
 from .evaluate import EvalReport, compare_reports, evaluate
 from .lora import apply_lora, load_adapter, save_adapter, trainable_report
 from .model import TinyLLM
-from .sampling import SamplingConfig, generate
+from .sampling import SamplingConfig, reply_stream
 from .tokenizer import Tokenizer
 from .train import Trainer
 
@@ -93,31 +93,16 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
         raise CLIError(f"sampling flags: {err}") from None
 
 
-def stream_reply(
-    model: TinyLLM, tokenizer: Tokenizer, messages: Sequence[Message],
-    sampling: SamplingConfig, out=sys.stdout,
+def print_reply(
+    model: TinyLLM, tokenizer: Tokenizer, messages: Sequence[Message], sampling: SamplingConfig
 ) -> str:
-    """Generate the assistant's reply to ``messages``, printing text as it is produced.
-
-    Token ids are decoded as a whole each step and only the new suffix is printed, since
-    a Chinese character or an emoji may span several byte-level tokens; a trailing
-    replacement character means "incomplete" and waits for the next token.
-    """
-    room = model.config.max_seq_len - min(sampling.max_new_tokens, model.config.max_seq_len // 2)
-    prompt = encode_chat(tokenizer, messages, max_len=room, add_generation_prompt=True).input_ids
-    ids: list[int] = []
-    shown = ""
-    for token in generate(model, prompt, sampling,
-                          stop_ids=(tokenizer.im_end_id, tokenizer.eos_id)):
-        ids.append(token)
-        text = tokenizer.decode(ids)
-        if not text.endswith("\ufffd"):
-            out.write(text[len(shown):])
-            out.flush()
-            shown = text
-    text = tokenizer.decode(ids)
-    out.write(text[len(shown):] + "\n")
-    return text
+    """Stream the assistant's reply to the terminal; return it."""
+    pieces = []
+    for piece in reply_stream(model, tokenizer, messages, sampling):
+        print(piece, end="", flush=True)
+        pieces.append(piece)
+    print()
+    return "".join(pieces)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -145,7 +130,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     )
     start = time.time()
     result = pretrain(
-        documents, PRESETS[args.preset], config, args.out, log_dir=OUTPUTS / "logs",
+        documents, PRESETS[args.preset], config, args.out,
+        run_dir=OUTPUTS / "runs" / f"pretrain-{args.out.name}", log_dir=OUTPUTS / "logs",
         resume=args.resume,
     )
     minutes = (time.time() - start) / 60
@@ -262,7 +248,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         state["messages"].append({"role": "user", "content": line})
         print("assistant> ", end="", flush=True)
         try:
-            reply = stream_reply(model, tokenizer, state["messages"], sampling)
+            reply = print_reply(model, tokenizer, state["messages"], sampling)
         except KeyboardInterrupt:
             print("\n(reply interrupted)")
             state["messages"].pop()

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from tinyllm_lib.chat import EncodedChat, Message, encode_chat
+from tinyllm_lib.chat import EncodedChat, Message
 from tinyllm_lib.data import collate, tokenize_conversations
 from tinyllm_lib.model import lm_loss_sum
-from tinyllm_lib.sampling import SamplingConfig, generate
+from tinyllm_lib.sampling import SamplingConfig, reply_stream
 from tinyllm_lib.tokenizer import Tokenizer
 
 
@@ -159,14 +159,10 @@ def greedy_reply(
 
     The prompt is the ChatML rendering plus the generation prompt ``<|im_start|>assistant``;
     decoding stops at ``<|im_end|>`` (or ``<|endoftext|>``). Older exchanges are dropped
-    if the prompt would not fit in the context.
+    if the prompt would leave no room to answer.
     """
-    prompt = encode_chat(
-        tokenizer, messages, max_len=model.config.max_seq_len, add_generation_prompt=True
-    ).input_ids
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
-    stop_ids = (tokenizer.im_end_id, tokenizer.eos_id)
-    return tokenizer.decode(generate(model, prompt, sampling, stop_ids=stop_ids))
+    return "".join(reply_stream(model, tokenizer, messages, sampling))
 
 
 def exact_match(

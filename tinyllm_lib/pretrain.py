@@ -56,6 +56,7 @@ def pretrain(
     model_config: ModelConfig,
     train_config: TrainConfig,
     out_dir: str | Path,
+    run_dir: str | Path,
     log_dir: str | Path | None = None,
     val_fraction: float = 0.02,
     tokenizer: Tokenizer | None = None,
@@ -67,8 +68,8 @@ def pretrain(
     Documents are shuffled with ``train_config.seed`` before a ``val_fraction`` of them is
     held out, so validation measures text the model has not seen. ``model_config``'s
     ``vocab_size`` is replaced by the tokenizer's. The result is written with
-    ``save_pretrained`` to ``out_dir``; training checkpoints go to ``out_dir/../<name>-run``
-    so that ``resume=True`` continues an interrupted pretraining (the tokenizer is retrained
+    ``save_pretrained`` to ``out_dir``; training checkpoints go to ``run_dir`` so that
+    ``resume=True`` continues an interrupted pretraining (the tokenizer is retrained
     deterministically, giving the same ids).
     """
     if tokenizer is None:
@@ -86,7 +87,7 @@ def pretrain(
     out_dir = Path(out_dir)
     trainer = Trainer(
         model, train_blocks, val_blocks, train_config, pad_id=tokenizer.pad_id,
-        out_dir=out_dir.parent / f"{out_dir.name}-run", log_dir=log_dir,
+        out_dir=run_dir, log_dir=log_dir,
         run_name=f"pretrain-{out_dir.name}", progress=progress,
     )
     result = trainer.fit(resume=resume)

@@ -31,7 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from tinyllm_lib.chat import Message, encode_chat
 from tinyllm_lib.model import KVCache
+from tinyllm_lib.tokenizer import Tokenizer
 
 # --------------------------------------------------------------------------- processors
 
@@ -308,3 +310,37 @@ def _stream(
                 logits = model(step_input, cache)[:, -1]
     finally:
         model.train(was_training)
+
+
+# ------------------------------------------------------------------------------ chat replies
+
+
+def reply_stream(
+    model: nn.Module, tokenizer: Tokenizer, messages: Sequence[Message],
+    sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
+) -> Iterator[str]:
+    """The assistant's reply to ``messages`` as pieces of text, in order, as it is generated.
+
+    The prompt is the ChatML rendering plus the generation prompt; older exchanges are
+    dropped if it would leave no room to answer (at least ``max_new_tokens``, or half the
+    context). Decoding stops at ``<|im_end|>`` or ``<|endoftext|>``. Ids are decoded as a
+    whole at each step and only the new suffix is yielded, because a Chinese character or
+    an emoji may span several byte-level tokens: a trailing replacement character means
+    "incomplete" and waits for the next token. ``"".join`` of the pieces is the reply.
+    """
+    sampling = sampling or SamplingConfig()
+    context = model.config.max_seq_len
+    room = context - min(sampling.max_new_tokens, context // 2)
+    prompt = encode_chat(tokenizer, messages, max_len=room, add_generation_prompt=True).input_ids
+    stop_ids = (tokenizer.im_end_id, tokenizer.eos_id)
+    ids: list[int] = []
+    shown = ""
+    for token in generate(model, prompt, sampling, stop_ids=stop_ids, generator=generator):
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        if not text.endswith("\ufffd"):
+            yield text[len(shown):]
+            shown = text
+    text = tokenizer.decode(ids)
+    if text != shown:
+        yield text[len(shown):]
