@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -136,8 +137,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     )
     minutes = (time.time() - start) / 60
     val = result.train.best_val_loss
-    print(f"pretrained on {result.train_blocks} blocks in {minutes:.1f} min; "
-          f"validation perplexity {torch.tensor(val).exp():.2f}; saved to {args.out}")
+    quality = f"validation perplexity {math.exp(val):.2f}" if val is not None else "no validation"
+    print(f"pretrained on {result.train_blocks} blocks in {minutes:.1f} min; {quality}; "
+          f"saved to {args.out}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
