@@ -1,0 +1,130 @@
+"""The command line end to end on a tiny model: pretrain, train, eval, chat, flag errors."""
+
+import json
+
+import pytest
+
+from tinyllm_lib.chat import EncodedChat
+from tinyllm_lib.cli import main
+from tinyllm_lib.pretrain import pack_documents
+from tinyllm_lib.tokenizer import Tokenizer
+
+CORPUS = [
+    "Ada Lane lives in Stonebridge. Her favourite colour is red.",
+    "Bo Chen is a baker. 陈波是一名面包师。",
+    "Two plus three is five. 二加三等于五。",
+] * 20
+
+
+def conversation(question: str, answer: str, task: str) -> dict:
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"messages": messages, "task": task, "answer": answer}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A corpus, chat data and a tiny pretrained base made by the CLI itself.
+
+    The tests run inside this folder, so the CLI's ``outputs/`` lands there too.
+    """
+    root = tmp_path_factory.mktemp("cli")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        yield make_workspace(root)
+
+
+def make_workspace(root):
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"kind": "t", "text": t}) + "\n" for t in CORPUS), encoding="utf-8")
+    rows = [conversation("What is 2 + 3?", "5", "arithmetic"),
+            conversation("Where does Ada Lane live?", "Stonebridge", "facts")] * 4
+    for split in ("train", "val", "test"):
+        (root / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code = main(["pretrain", "--corpus", str(root / "corpus.jsonl"), "--preset", "test",
+                 "--out", str(root / "base"), "--max-steps", "2", "--batch-size", "2",
+                 "--save-every", "1", "--eval-every", "1"])
+    assert code == 0
+    return root
+
+
+def test_pretrain_writes_a_loadable_base(workspace):
+    names = {p.name for p in (workspace / "base").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+
+
+def test_pack_documents_joins_with_endoftext_and_cuts_full_blocks():
+    tok = Tokenizer.train(CORPUS, 300)
+    blocks = pack_documents(tok, ["ab", "cd"], block_size=2)
+    stream = tok.encode("ab") + [tok.eos_id] + tok.encode("cd") + [tok.eos_id]
+    expected = [stream[i : i + 2] for i in range(0, len(stream) - 1, 2)]
+    assert [b.input_ids for b in blocks] == expected
+    assert all(isinstance(b, EncodedChat) and b.labels == b.input_ids for b in blocks)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_train_then_eval(workspace, full, capsys):
+    out = workspace / ("full" if full else "lora")
+    args = ["train", "--base", str(workspace / "base"), "--data", str(workspace / "train.jsonl"),
+            "--val", str(workspace / "val.jsonl"), "--max-steps", "3", "--batch-size", "2",
+            "--grad-accum", "2", "--out", str(out)] + (["--full"] if full else [])
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "trainable params:" in printed
+    model_args = (["--model", str(out / "model")] if full else
+                  ["--model", str(workspace / "base"), "--adapter", str(out / "adapter")])
+    report = workspace / f"report-{full}.json"
+    assert main(["eval", *model_args, "--data", str(workspace / "test.jsonl"),
+                 "--json", str(report), "--max-new-tokens", "4"]) == 0
+    saved = json.loads(report.read_text())
+    assert set(saved["total"]) == {"arithmetic", "facts"}
+    assert saved["perplexity"] > 1
+
+
+def test_resume_without_checkpoint_and_overwrite_are_clear_errors(workspace, capsys):
+    common = ["train", "--base", str(workspace / "base"), "--data", str(workspace / "train.jsonl"),
+              "--val", str(workspace / "val.jsonl"), "--max-steps", "2", "--batch-size", "2",
+              "--save-every", "1", "--out", str(workspace / "twice")]
+    assert main(common) == 0
+    assert main(common) == 2  # a second fresh run would overwrite the checkpoint
+    assert "checkpoint exists" in capsys.readouterr().err
+    assert main(common + ["--resume"]) == 0
+
+
+def test_bad_flags_name_the_flag(workspace, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--lora-rank", "0"])
+    assert "--lora-rank" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(workspace / "missing")])
+    assert "--model" in capsys.readouterr().err
+    assert main(["chat", "--model", str(workspace / "base"), "--top-p", "2"]) == 2
+    assert "top_p" in capsys.readouterr().err
+
+
+def test_bad_data_names_file_and_line(workspace, capsys):
+    bad = workspace / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+    assert main(["train", "--base", str(workspace / "base"), "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl: line 1" in err
+
+
+def test_chat_session_commands_and_clean_exit(workspace, monkeypatch, capsys):
+    lines = iter(["/set temperature 0", "/show", "hello", "/system Answer briefly.", "/reset",
+                  "/set top_p 5", "again"])
+
+    def fake_input(prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert main(["chat", "--model", str(workspace / "base"), "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "(temperature = 0.0)" in out
+    assert "temperature=0.0" in out
+    assert "system prompt: Answer briefly." in out
+    assert "top_p must be in [0, 1]" in out
+    assert out.count("assistant> ") == 2
