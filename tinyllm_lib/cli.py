@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=positive_int, default=None)
     train.add_argument("--max-len", type=positive_int, default=None,
                        help="token limit per conversation (default: the model's context)")
-    train.add_argument("--eval-every", type=positive_int, default=50)
+    train.add_argument("--eval-every", type=positive_int, default=250)
     train.add_argument("--patience", type=positive_int, default=None)
     train.add_argument("--save-every", type=positive_int, default=None)
     train.add_argument("--seed", type=int, default=0)
