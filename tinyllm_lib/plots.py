@@ -90,3 +90,141 @@ def kv_cache_timing(
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# --- Chapter 1: the TinyLLM architecture ---
+
+
+def matrix_heatmap(
+    matrix: np.ndarray,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    ticklabels: Sequence[str] | None = None,
+    cmap: str = "viridis",
+) -> Figure:
+    """A matrix as a colour image (masks, RoPE tables, score matrices), row 0 at the top."""
+    values = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax)
+    if ticklabels is not None:
+        ax.set_xticks(range(len(ticklabels)), ticklabels, rotation=90)
+        ax.set_yticks(range(len(ticklabels)), ticklabels)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def attention_heads(weights: np.ndarray, tokens: Sequence[str], layer: int = 0) -> Figure:
+    """Attention weights ``[heads, seq, seq]`` of one layer, one panel per head."""
+    heads = weights.shape[0]
+    fig, axes = plt.subplots(1, heads, figsize=(3 * heads, 3.4), squeeze=False)
+    for head, ax in enumerate(axes[0]):
+        ax.imshow(weights[head], cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(tokens)), tokens if head == 0 else [], fontsize=7)
+        ax.set_title(f"layer {layer}, head {head}")
+        ax.set_xlabel("key (attended to)")
+    axes[0][0].set_ylabel("query (attending)")
+    fig.tight_layout()
+    return fig
+
+
+def swiglu_gate(
+    x: np.ndarray,
+    activations: Mapping[str, np.ndarray],
+    gate_values: np.ndarray,
+    up_values: np.ndarray,
+    unit: np.ndarray,
+) -> Figure:
+    """Activation functions over ``x``, and the SwiGLU unit ``unit[i, j] = silu(g_i) * u_j``."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    styles = ("--", "-", ":", "-.")
+    for k, (label, values) in enumerate(activations.items()):
+        left.plot(x, values, label=label, linestyle=styles[k % len(styles)])
+    left.axhline(0, color="grey", linewidth=0.5)
+    left.set(xlabel="x", ylabel="activation", title="SiLU: a smooth, slightly negative ReLU")
+    left.legend(fontsize=8)
+    limit = float(np.abs(unit).max())
+    extent = (up_values.min(), up_values.max(), gate_values.min(), gate_values.max())
+    image = right.imshow(unit, origin="lower", extent=extent, cmap="RdBu_r", aspect="auto",
+                         vmin=-limit, vmax=limit)
+    fig.colorbar(image, ax=right)
+    right.set(xlabel="up value u", ylabel="gate value g", title="SwiGLU unit: silu(g) · u")
+    fig.tight_layout()
+    return fig
+
+
+def parameter_bars(counts: Mapping[str, Mapping[str, int]]) -> Figure:
+    """Parameters per component, one panel per model (millions, with percentages)."""
+    fig, axes = plt.subplots(1, len(counts), figsize=(4.5 * len(counts), 3.6), squeeze=False)
+    for ax, (model_name, parts) in zip(axes[0], counts.items(), strict=True):
+        total = sum(parts.values())
+        bars = ax.bar(list(parts), [n / 1e6 for n in parts.values()])
+        for bar, n in zip(bars, parts.values(), strict=True):
+            ax.annotate(f"{100 * n / total:.1f}%", (bar.get_x() + bar.get_width() / 2,
+                        bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.set(title=f"{model_name}: {total / 1e6:.2f} M parameters", ylabel="millions")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+# --- Chapter 2: LoRA math ---
+
+
+def lora_share_curves(
+    ranks: Sequence[int], widths: Sequence[int], share: Mapping[tuple[int, int], float]
+) -> Figure:
+    """LoRA's trainable share of a square matrix, against rank and against width."""
+    fig, (by_rank, by_width) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for width in widths:
+        by_rank.plot(ranks, [100 * share[width, r] for r in ranks], marker="o", label=f"d={width}")
+    by_rank.set(xscale="log", yscale="log", xlabel="rank r", ylabel="trainable share (%)",
+                title="share = 2r/d grows with the rank")
+    by_rank.set_xticks(ranks, [str(r) for r in ranks])
+    by_rank.minorticks_off()
+    by_rank.legend(fontsize=8)
+    for rank in ranks[::2]:
+        by_width.plot(widths, [100 * share[w, rank] for w in widths], marker="o",
+                      label=f"r={rank}")
+    by_width.set(xscale="log", yscale="log", xlabel="width d", ylabel="trainable share (%)",
+                 title="and shrinks with the width")
+    by_width.set_xticks(widths, [str(w) for w in widths])
+    by_width.minorticks_off()
+    by_width.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def update_norm_vs_rank(ranks: Sequence[int], norms: Mapping[str, Sequence[float]]) -> Figure:
+    """Size of the learned LoRA update against the rank, one line per scaling rule."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, values in norms.items():
+        ax.plot(ranks, values, marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="rank r",
+           ylabel="‖ΔW‖ / ‖W‖ (mean over layers)", title="Update size after a few Adam steps")
+    ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.minorticks_off()
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def singular_value_spectra(spectra: Mapping[str, np.ndarray]) -> Figure:
+    """Singular values (normalised by the largest) and cumulative energy, per matrix."""
+    fig, (values, energy) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for label, sigma in spectra.items():
+        sigma = np.asarray(sigma, dtype=float)
+        index = np.arange(1, len(sigma) + 1)
+        values.plot(index, sigma / sigma[0], label=label)
+        cumulative = np.cumsum(sigma**2) / np.sum(sigma**2)
+        energy.plot(index, 100 * cumulative, label=label)
+    values.set(xscale="log", xlabel="index k", ylabel="σ_k / σ_1", title="Singular values")
+    energy.axhline(90, color="grey", linestyle=":", linewidth=1)
+    energy.set(xscale="log", xlabel="top k singular values", ylabel="energy held (%)",
+               title="Cumulative energy Σσ² (dotted: 90%)")
+    values.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
