@@ -55,10 +55,11 @@ class LoRALinear(nn.Module):
       model does: training starts from the pretrained behaviour, not from a random
       perturbation of it. ``A`` is random (kaiming-uniform, like any ``nn.Linear``) so that
       the gradient reaching ``B``, which is ``A x`` times the upstream gradient, is not zero.
-    * ``scale = alpha / r`` keeps the update's size roughly independent of the rank: the
-      sum over ``r`` rank-one terms grows with ``r`` and the ``1/r`` cancels that, so a
-      learning rate tuned at one rank still works at another. rsLoRA (Kalajdzievski 2023)
-      uses ``alpha / sqrt(r)``, which keeps large ranks from learning too slowly.
+    * ``scale = alpha / r`` (the original LoRA paper's choice) divides the sum over ``r``
+      rank-one terms by ``r``. Under Adam those terms add up like independent vectors, so
+      their sum grows like ``sqrt(r)``, not ``r``, and ``1/r`` over-corrects: larger ranks
+      learn more slowly (chapter 2 measures it). rsLoRA (Kalajdzievski 2023) uses
+      ``alpha / sqrt(r)``, which keeps the update's size about the same at every rank.
     * Dropout acts only on the LoRA branch's input; the frozen path sees clean inputs.
     """
 
