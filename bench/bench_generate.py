@@ -1,0 +1,168 @@
+"""Generation speed of TinyLLM against transformers' ``generate``, on the same weights.
+
+Batch 1, a 32-token prompt, 256 new tokens sampled with temperature, top-k and top-p (the
+library's default sampling settings, given to both). End-of-text is switched off on both
+sides, so every run makes exactly 256 tokens. Timings include the prompt's forward pass
+(prefill). TinyLLM also runs without its KV cache, recomputing the whole sequence for
+every new token, to show what the cache saves.
+
+The contexts are widened to prompt + new tokens where a model's is shorter (the shipped
+base has 256 positions): RoPE has no learned positions, so the weights are unchanged.
+
+Run ``python bench/bench_generate.py`` (``--quick`` for a smoke run); results go to
+``bench/results/generate.json`` and ``bench/results/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from common import (
+    Timings,
+    alternate,
+    check_parity,
+    config_summary,
+    machine_info,
+    model_pair,
+    model_sizes,
+    paired_speedup,
+    set_threads,
+    write_results,
+)
+from torch import nn
+
+from tinyllm_lib.model import TinyLLM
+from tinyllm_lib.sampling import SamplingConfig, generate
+
+PROMPT_TOKENS = 32
+NEW_TOKENS = 256
+SPEEDUP_TARGET = 3.0
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""Weight dtype of both models while generating (no autocast: inference casts once)."""
+
+
+def ours_run(model: TinyLLM, prompt: torch.Tensor, sampling: SamplingConfig,
+             use_cache: bool) -> Callable[[], None]:
+    def run() -> None:
+        ids = list(generate(model, prompt, sampling, use_cache=use_cache))
+        assert len(ids) == sampling.max_new_tokens, f"TinyLLM stopped after {len(ids)} tokens"
+
+    return run
+
+
+def theirs_run(model: nn.Module, prompt: torch.Tensor,
+               sampling: SamplingConfig) -> Callable[[], None]:
+    ids = prompt[None]
+
+    def run() -> None:
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=True,
+            temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens, eos_token_id=None, pad_token_id=0,
+        )
+        made = out.shape[1] - ids.shape[1]
+        assert made == sampling.max_new_tokens, f"transformers stopped after {made} tokens"
+
+    return run
+
+
+def side_summary(timings: Timings, tokens: int) -> dict[str, Any]:
+    """Median throughput of one side, and every sample (wall and CPU seconds per run)."""
+    median = statistics.median(timings.wall)
+    return {
+        "tokens_per_s": round(tokens / median, 1),
+        "seconds_median": round(median, 4),
+        "seconds": [round(s, 4) for s in timings.wall],
+        "cpu_seconds": [round(s, 4) for s in timings.cpu],
+    }
+
+
+def bench_size(name: str, args: argparse.Namespace,
+               sampling: SamplingConfig) -> tuple[float, list[dict[str, Any]]]:
+    config = model_sizes()[name]
+    context = PROMPT_TOKENS + sampling.max_new_tokens
+    config = dataclasses.replace(config, max_seq_len=max(config.max_seq_len, context))
+    ours, theirs = model_pair(config)
+    parity = check_parity(ours, theirs, name)
+    prompt = torch.randint(0, config.vocab_size, (PROMPT_TOKENS,),
+                           generator=torch.Generator().manual_seed(3))
+    runs = []
+    for precision in args.precisions:
+        ours.to(DTYPES[precision]).eval()
+        theirs.to(DTYPES[precision]).eval()
+        timings = alternate(
+            {
+                "tinyllm_cache": ours_run(ours, prompt, sampling, use_cache=True),
+                "transformers": theirs_run(theirs, prompt, sampling),
+                "tinyllm_no_cache": ours_run(ours, prompt, sampling, use_cache=False),
+            },
+            rounds=args.rounds, warmup=1,
+        )
+        run: dict[str, Any] = {"size": name, "precision": precision, "context": context}
+        for side, side_timings in timings.items():
+            run[side] = side_summary(side_timings, sampling.max_new_tokens)
+        ours_t, theirs_t = timings["tinyllm_cache"], timings["transformers"]
+        speedup = paired_speedup(theirs_t.wall, ours_t.wall)
+        run["speedup"] = round(speedup, 3)
+        run["speedup_cpu_time"] = round(paired_speedup(theirs_t.cpu, ours_t.cpu), 3)
+        run["speedup_target"] = SPEEDUP_TARGET
+        run["speedup_met"] = speedup >= SPEEDUP_TARGET
+        run["cache_speedup"] = round(
+            paired_speedup(timings["tinyllm_no_cache"].wall, ours_t.wall), 2
+        )
+        print(
+            f"{name:5s} {precision}: TinyLLM {run['tinyllm_cache']['tokens_per_s']:6.0f} tok/s "
+            f"(no cache {run['tinyllm_no_cache']['tokens_per_s']:5.0f}), transformers "
+            f"{run['transformers']['tokens_per_s']:6.0f} tok/s -> {speedup:.2f}x "
+            f"(CPU time {run['speedup_cpu_time']:.2f}x; target {SPEEDUP_TARGET}x)"
+        )
+        runs.append(run)
+    return parity, runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 32 tokens")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs per side")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: one per core)")
+    parser.add_argument("--sizes", nargs="+", choices=["seed", "base"], default=["seed", "base"])
+    parser.add_argument("--precisions", nargs="+", choices=list(DTYPES), default=["fp32"])
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    new_tokens = NEW_TOKENS
+    if args.quick:
+        args.rounds, new_tokens = 1, 32
+    threads = set_threads(args.threads)
+    machine = machine_info()
+    sampling = SamplingConfig(max_new_tokens=new_tokens, seed=0)
+    parity, runs = {}, []
+    for name in args.sizes:
+        parity[name], size_runs = bench_size(name, args, sampling)
+        runs += size_runs
+    sampling_text = (f"temperature {sampling.temperature}, top-k {sampling.top_k}, "
+                     f"top-p {sampling.top_p}")
+    write_results("generate", {
+        "benchmark": "generate",
+        "machine": machine,
+        "settings": {
+            "prompt_tokens": PROMPT_TOKENS, "new_tokens": new_tokens, "rounds": args.rounds,
+            "quick": args.quick, "sampling": sampling_text, "batch_size": 1,
+            "transformers_cache": "default (DynamicCache)",
+            "threads": threads,
+            "timing": "sides alternated; speedup = median of per-round time ratios",
+        },
+        "models": {name: config_summary(model_sizes()[name]) for name in args.sizes},
+        "parity_max_abs_logits_diff": parity,
+        "runs": runs,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Peak memory of LoRA fine-tuning against full fine-tuning, each in a fresh process.
+
+Full fine-tuning keeps, besides the weights, a gradient and two AdamW moments for every
+parameter: four copies of the model. LoRA freezes the weights, so gradients and optimizer
+state exist only for the small adapter matrices; the activations saved for the backward
+pass remain, since the gradient must still flow back through the frozen layers.
+
+A process's peak resident set size (``ru_maxrss``) never goes down, so each mode runs in
+its own fresh Python process: ``model`` only builds the model (the floor every mode
+shares: interpreter, PyTorch, weights), ``full`` and ``lora`` also take a few training
+steps at the seed's default configuration.
+
+Run ``python bench/bench_memory.py``; results go to ``bench/results/memory.json`` and
+``bench/results/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+import torch
+from common import config_summary, machine_info, write_results
+
+from tinyllm_lib.config import LoRAConfig, ModelConfig, TrainConfig
+from tinyllm_lib.lora import apply_lora, count_parameters
+from tinyllm_lib.model import TinyLLM, lm_loss_sum
+
+MODES = ("model", "full", "lora")
+TARGET = 0.5
+"""LoRA's peak should be at most this share of full fine-tuning's."""
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def worker(mode: str, steps: int, batch_size: int, seq_len: int, bf16: bool) -> None:
+    """Build the seed model, train it ``steps`` steps as ``mode`` says, print the peak."""
+    torch.manual_seed(0)
+    model = TinyLLM(ModelConfig())
+    if mode == "lora":
+        apply_lora(model, LoRAConfig())
+    trainable, total = count_parameters(model)
+    if mode != "model":
+        config = TrainConfig()
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=config.lr,
+            betas=config.betas, weight_decay=config.weight_decay,
+        )
+        ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len))
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(ids)
+            nll, count = lm_loss_sum(logits, ids)
+            (nll / count).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    print(json.dumps({"mode": mode, "peak_rss_mb": round(peak_rss_mb(), 1),
+                      "trainable": trainable, "total": total,
+                      "trainable_share": round(trainable / total, 5)}))
+
+
+def measure(mode: str, args: argparse.Namespace) -> dict:
+    """Run ``mode`` in a fresh interpreter and read back its one-line JSON report."""
+    command = [sys.executable, __file__, "--worker", mode, "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+    if args.bf16:
+        command.append("--bf16")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_memory: the {mode} worker failed:\n{done.stderr}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{mode:5s}: peak RSS {result['peak_rss_mb']:7.1f} MB, trainable "
+          f"{result['trainable']:,} of {result['total']:,} ({result['trainable_share']:.2%})")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 step, 64 tokens")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per mode")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--bf16", action="store_true", help="train under bf16 autocast")
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seq_len = 1, 64
+    for flag in ("steps", "batch_size", "seq_len"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.seq_len > ModelConfig().max_seq_len:
+        parser.error(f"--seq-len must be <= the seed model's context, {ModelConfig().max_seq_len}")
+    if args.worker:
+        worker(args.worker, args.steps, args.batch_size, args.seq_len, args.bf16)
+        return
+
+    machine = machine_info()
+    runs = {mode: measure(mode, args) for mode in MODES}
+    floor, full, lora = (runs[m]["peak_rss_mb"] for m in MODES)
+    write_results("memory", {
+        "benchmark": "memory",
+        "machine": machine,
+        "settings": {
+            "size": "seed", "steps": args.steps, "batch_size": args.batch_size,
+            "seq_len": args.seq_len, "precision": "bf16 autocast" if args.bf16 else "fp32",
+            "lora": f"rank {LoRAConfig().rank}, targets {', '.join(LoRAConfig().target_modules)}",
+            "optimizer": "AdamW",
+        },
+        "model": config_summary(ModelConfig()),
+        "runs": list(runs.values()),
+        "lora_over_full": round(lora / full, 3),
+        "lora_over_full_above_model": round((lora - floor) / (full - floor), 3),
+        "target": TARGET,
+        "target_met": lora / full <= TARGET,
+    })
+
+
+if __name__ == "__main__":
+    main()

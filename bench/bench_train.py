@@ -1,0 +1,260 @@
+"""Training throughput of TinyLLM against transformers' LlamaForCausalLM, side by side.
+
+A training step is a forward pass, the loss, the backward pass and an AdamW update, on a
+batch of random token ids (the speed does not depend on what the tokens say). Both models
+start from the same weights and use the same optimizer: PyTorch's fused AdamW, the
+fastest it has, with the Trainer's default hyperparameters. Two sizes (the seed's
+default and the shipped base) and two precisions: float32, and bf16 autocast as
+``--bf16`` training uses it (weights and optimizer in float32, matrix multiplies in bf16).
+
+Achieved GFLOP/s is the arithmetic of a step (see ``training_flops_per_token``) divided
+by its time; it is set against this machine's measured matrix-multiply peak, so the
+distance to the hardware limit is visible.
+
+Run ``python bench/bench_train.py`` (``--quick`` for a smoke run); results go to
+``bench/results/train.json`` and ``bench/results/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from common import (
+    Timings,
+    alternate,
+    check_parity,
+    config_summary,
+    machine_info,
+    model_pair,
+    model_sizes,
+    paired_speedup,
+    set_threads,
+    write_results,
+)
+from torch import nn
+
+from tinyllm_lib.config import ModelConfig, TrainConfig
+from tinyllm_lib.model import TinyLLM, lm_loss_sum
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+"""Precision name -> autocast dtype (None: plain float32)."""
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SPEEDUP_TARGETS = {"seed": 1.1, "base": 1.5}
+PEAK_FRACTION_TARGET = 0.7
+"""Share of the matmul peak a step should reach in the run named by ``PEAK_TARGET_RUN``."""
+PEAK_TARGET_RUN = ("seed", "bf16")
+
+
+def training_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Floating-point operations of one training step per token (2 per multiply-add).
+
+    The forward pass multiplies each token's activations by every weight matrix once
+    (q, k, v, o, the three MLP matrices per layer, and the output head), and in attention
+    each query meets the keys and values of its position and the ones before it: on
+    average ``(seq_len + 1) / 2`` of them, since causal attention skips the rest. The
+    backward pass costs twice the forward (a gradient for the input and one for the
+    weight), so a step costs three forward passes. Norms, RoPE, softmax and the optimizer
+    are left out: they are cheap in FLOPs, though not in time.
+    """
+    hidden, kv = config.hidden_size, config.kv_heads * config.head_dim
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * config.mlp_size
+    weights = config.num_layers * per_layer + config.vocab_size * hidden
+    attention = config.num_layers * 2 * hidden * (seq_len + 1) / 2
+    return 3 * 2 * (weights + attention)
+
+
+def matmul_gflops(dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Median GFLOP/s of a ``size x size`` by ``size x size`` matrix multiply."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b  # warm up: thread pool, packing buffers
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(seconds) / 1e9
+
+
+def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
+    """The machine's matrix-multiply peak: the best median rate over a few square sizes."""
+    by_size = {size: round(matmul_gflops(dtype, size, repeats), 1) for size in sizes}
+    return {"gflops": max(by_size.values()), "by_size": by_size}
+
+
+def adamw(model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer both sides use: the Trainer's AdamW settings, PyTorch's fused kernel."""
+    config = TrainConfig()
+    return torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=config.betas,
+        weight_decay=config.weight_decay, fused=True,
+    )
+
+
+def training_step(
+    loss_of_batch: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer
+) -> Callable[[], None]:
+    """One full step: loss, backward, optimizer update, gradients cleared."""
+
+    def step() -> None:
+        loss_of_batch().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def autocast(dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` as ``--bf16`` training does, or nothing for plain float32."""
+    return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+
+
+def ours_loss(
+    model: TinyLLM, ids: torch.Tensor, dtype: torch.dtype | None
+) -> Callable[[], torch.Tensor]:
+    """TinyLLM's mean next-token loss, computed the way the library's Trainer does."""
+
+    def loss() -> torch.Tensor:
+        with autocast(dtype):
+            logits = model(ids)
+        nll, count = lm_loss_sum(logits, ids)
+        return nll / count
+
+    return loss
+
+
+def theirs_loss(
+    model: nn.Module, ids: torch.Tensor, dtype: torch.dtype | None
+) -> Callable[[], torch.Tensor]:
+    """transformers' mean next-token loss, computed the way its users do (``labels=``)."""
+
+    def loss() -> torch.Tensor:
+        with autocast(dtype):
+            return model(input_ids=ids, labels=ids).loss
+
+    return loss
+
+
+def side_summary(timings: Timings, tokens: int, flops: float, peak: float) -> dict[str, Any]:
+    """Median throughput of one side, and every sample (wall and CPU seconds per step)."""
+    median = statistics.median(timings.wall)
+    return {
+        "tokens_per_s": round(tokens / median, 1),
+        "step_s_median": round(median, 4),
+        "gflops": round(flops / median / 1e9, 1),
+        "peak_fraction": round(flops / median / 1e9 / peak, 3),
+        "step_s": [round(s, 4) for s in timings.wall],
+        "step_cpu_s": [round(s, 4) for s in timings.cpu],
+    }
+
+
+def bench_size(
+    name: str, config: ModelConfig, args: argparse.Namespace, peaks: dict[str, float]
+) -> tuple[float, list[dict[str, Any]]]:
+    """Parity, then every precision's interleaved timings, for one model size."""
+    seq_len = min(args.seq_len, config.max_seq_len)
+    ours, theirs = model_pair(config)
+    parity = check_parity(ours, theirs, name)
+    ours.train()
+    theirs.train()
+    ours_optimizer, theirs_optimizer = adamw(ours), adamw(theirs)
+    ids = torch.randint(0, config.vocab_size, (args.batch_size, seq_len),
+                        generator=torch.Generator().manual_seed(2))
+    tokens = args.batch_size * seq_len
+    flops = training_flops_per_token(config, seq_len) * tokens
+    runs = []
+    for precision in args.precisions:
+        dtype = PRECISIONS[precision]
+        timings = alternate(
+            {
+                "tinyllm": training_step(ours_loss(ours, ids, dtype), ours_optimizer),
+                "transformers": training_step(theirs_loss(theirs, ids, dtype),
+                                              theirs_optimizer),
+            },
+            rounds=args.rounds, warmup=args.warmup,
+        )
+        ours_t, theirs_t = timings["tinyllm"], timings["transformers"]
+        speedup = paired_speedup(theirs_t.wall, ours_t.wall)
+        run = {
+            "size": name, "precision": precision, "batch_size": args.batch_size,
+            "seq_len": seq_len, "tokens_per_step": tokens,
+            "flops_per_step": flops, "matmul_peak_gflops": peaks[precision],
+            "tinyllm": side_summary(ours_t, tokens, flops, peaks[precision]),
+            "transformers": side_summary(theirs_t, tokens, flops, peaks[precision]),
+            "speedup": round(speedup, 3),
+            "speedup_cpu_time": round(paired_speedup(theirs_t.cpu, ours_t.cpu), 3),
+            "speedup_target": SPEEDUP_TARGETS[name],
+        }
+        run["speedup_met"] = speedup >= SPEEDUP_TARGETS[name]
+        if (name, precision) == PEAK_TARGET_RUN:
+            run["peak_fraction_target"] = PEAK_FRACTION_TARGET
+            run["peak_fraction_met"] = run["tinyllm"]["peak_fraction"] >= PEAK_FRACTION_TARGET
+        print(
+            f"{name:5s} {precision}: TinyLLM {run['tinyllm']['tokens_per_s']:8.0f} tok/s "
+            f"({run['tinyllm']['gflops']:.0f} GFLOP/s), transformers "
+            f"{run['transformers']['tokens_per_s']:8.0f} tok/s -> {speedup:.2f}x "
+            f"(CPU time {run['speedup_cpu_time']:.2f}x; target {SPEEDUP_TARGETS[name]}x)"
+        )
+        runs.append(run)
+    return parity, runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 rounds, 64-token sequences, small peak probe")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--seq-len", type=int, default=256,
+                        help="tokens per sequence (capped at the model's context)")
+    parser.add_argument("--rounds", type=int, default=8, help="timed steps per side")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: one per core)")
+    parser.add_argument("--sizes", nargs="+", choices=["seed", "base"], default=["seed", "base"])
+    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS),
+                        default=list(PRECISIONS))
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.warmup, args.seq_len = 2, 1, 64
+    for flag in ("batch_size", "seq_len", "rounds"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    threads = set_threads(args.threads)
+    machine = machine_info()
+
+    sizes = (256, 512) if args.quick else (512, 1024, 2048)
+    peak_detail = {p: matmul_peak(PEAK_DTYPES[p], sizes, 3 if args.quick else 7)
+                   for p in args.precisions}
+    peaks = {p: detail["gflops"] for p, detail in peak_detail.items()}
+    print(f"matmul peak with {threads} threads: "
+          + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()))
+
+    configs = model_sizes()
+    parity, runs = {}, []
+    for name in args.sizes:
+        parity[name], size_runs = bench_size(name, configs[name], args, peaks)
+        runs += size_runs
+    write_results("train", {
+        "benchmark": "train",
+        "machine": machine,
+        "settings": {
+            "batch_size": args.batch_size, "seq_len": args.seq_len, "rounds": args.rounds,
+            "warmup": args.warmup, "quick": args.quick, "optimizer": "AdamW (fused)",
+            "threads": threads,
+            "timing": "sides alternated; speedup = median of per-round time ratios",
+        },
+        "models": {name: config_summary(configs[name]) for name in args.sizes},
+        "parity_max_abs_logits_diff": parity,
+        "matmul_peak": {p: {"gflops": d["gflops"], "by_size": d["by_size"]}
+                        for p, d in peak_detail.items()},
+        "runs": runs,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Render ``bench/results/*.json`` as the Markdown summary ``bench/results/README.md``.
+
+Every benchmark script calls ``write_report`` after saving its JSON, so the summary always
+shows the latest numbers; ``python bench/report.py`` rebuilds it by hand. Only saved
+results are read: nothing is measured here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).parent / "results"
+README = RESULTS_DIR / "README.md"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def met(flag: bool | None) -> str:
+    return "" if flag is None else ("yes" if flag else "**no**")
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    load = machine.get("load_average_1min_at_start"), machine.get("load_average_1min_at_end")
+    return (
+        f"*{machine['cpu']} ({machine['logical_cpus']} logical CPUs, "
+        f"{', '.join(machine['cpu_flags']) or 'no listed matrix extensions'}); "
+        f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}; "
+        f"Python {machine['python']}, torch {machine['torch']}, "
+        f"transformers {machine['transformers']}; {machine['date']}; "
+        f"1-minute load average {load[0]} at start, {load[1]} at end.*"
+    )
+
+
+def train_section(data: dict[str, Any]) -> list[str]:
+    settings = data["settings"]
+    peaks = ", ".join(f"{p} {d['gflops']:.0f} GFLOP/s" for p, d in data["matmul_peak"].items())
+    lines = [
+        "## Training throughput",
+        "",
+        f"Forward + backward + {settings['optimizer']} step, batch {settings['batch_size']}, "
+        f"{settings['rounds']} alternated steps per side; {settings['timing']}. "
+        f"Measured matrix-multiply peak: {peaks}. Parity (max |logits difference| against "
+        "LlamaForCausalLM with the same weights): "
+        + ", ".join(f"{k} {v:.1e}" for k, v in data["parity_max_abs_logits_diff"].items())
+        + ".",
+        "",
+    ]
+    rows = []
+    for run in data["runs"]:
+        ours, theirs = run["tinyllm"], run["transformers"]
+        rows.append([
+            run["size"], run["precision"], run["seq_len"], f"{ours['tokens_per_s']:.0f}",
+            f"{theirs['tokens_per_s']:.0f}", f"{run['speedup']:.2f}x",
+            f"{run['speedup_cpu_time']:.2f}x", f"{run['speedup_target']}x",
+            met(run["speedup_met"]),
+            f"{ours['gflops']:.0f} ({ours['peak_fraction']:.0%})",
+            f"{theirs['gflops']:.0f} ({theirs['peak_fraction']:.0%})",
+            met(run.get("peak_fraction_met")),
+        ])
+    lines += table(
+        ["size", "precision", "seq", "TinyLLM tok/s", "transformers tok/s", "speedup",
+         "speedup (CPU time)", "target", "met", "TinyLLM GFLOP/s (of peak)",
+         "transformers GFLOP/s (of peak)", "70% of peak met"],
+        rows,
+    )
+    return lines + ["", machine_line(data["machine"]), ""]
+
+
+def generate_section(data: dict[str, Any]) -> list[str]:
+    settings = data["settings"]
+    lines = [
+        "## Generation speed",
+        "",
+        f"Batch 1, a {settings['prompt_tokens']}-token prompt, {settings['new_tokens']} new "
+        f"tokens sampled with {settings['sampling']}; {settings['rounds']} alternated runs "
+        "per side, prefill included. Parity: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in data["parity_max_abs_logits_diff"].items())
+        + ".",
+        "",
+    ]
+    rows = []
+    for run in data["runs"]:
+        rows.append([
+            run["size"], run["precision"],
+            f"{run['tinyllm_cache']['tokens_per_s']:.0f}",
+            f"{run['tinyllm_no_cache']['tokens_per_s']:.0f}",
+            f"{run['transformers']['tokens_per_s']:.0f}",
+            f"{run['speedup']:.2f}x", f"{run['speedup_cpu_time']:.2f}x",
+            f"{run['speedup_target']}x", met(run["speedup_met"]), f"{run['cache_speedup']:.1f}x",
+        ])
+    lines += table(
+        ["size", "precision", "TinyLLM tok/s", "TinyLLM without KV cache",
+         "transformers generate", "speedup", "speedup (CPU time)", "target", "met",
+         "KV cache speedup"],
+        rows,
+    )
+    return lines + ["", machine_line(data["machine"]), ""]
+
+
+def memory_section(data: dict[str, Any]) -> list[str]:
+    settings = data["settings"]
+    lines = [
+        "## Fine-tuning memory",
+        "",
+        f"Peak resident memory of a fresh process ({settings['steps']} training steps, batch "
+        f"{settings['batch_size']} x {settings['seq_len']} tokens, {settings['precision']}, "
+        f"model: {settings['size']}); LoRA: {settings['lora']}.",
+        "",
+    ]
+    rows = [
+        [run["mode"], f"{run['peak_rss_mb']:.0f}"]
+        + (["-", "-"] if run["mode"] == "model" else
+           [f"{run['trainable']:,}", f"{run['trainable_share']:.2%}"])
+        for run in data["runs"]
+    ]
+    lines += table(["mode", "peak RSS (MB)", "trainable parameters", "trainable share"], rows)
+    lines += [
+        "",
+        f"LoRA peak / full peak: **{data['lora_over_full']:.0%}** (target at most "
+        f"{data['target']:.0%}: {met(data['target_met'])}); above the process that only "
+        f"holds the model: {data['lora_over_full_above_model']:.0%}.",
+        "",
+        machine_line(data["machine"]),
+        "",
+    ]
+    return lines
+
+
+def profile_section(data: dict[str, Any]) -> list[str]:
+    categories = data["settings"]["categories"]
+    lines = [
+        "## Where a training step's time goes",
+        "",
+        "Milliseconds of a profiled training step (batch "
+        f"{data['settings']['batch_size']}, {data['settings']['optimizer']}; median of "
+        f"{data['settings']['repeats']} steps), by operator category; `framework` is the "
+        "step's wall time not spent inside ATen operators (Python, dispatch, autograd "
+        "engine, profiler overhead). See "
+        "`bench/profile_train.py` for the categories.",
+        "",
+    ]
+    rows = [
+        [run["size"], run["precision"], run["side"], f"{run['ms']['total']:.0f}"]
+        + [f"{run['ms'][c]:.0f}" for c in categories]
+        for run in data["runs"]
+    ]
+    lines += table(["size", "precision", "implementation", "total", *categories], rows)
+    return lines + ["", machine_line(data["machine"]), ""]
+
+
+def tokenizer_section(data: dict[str, Any]) -> list[str]:
+    rows = [[key, value] for key, value in data.items()]
+    return ["## Tokenizer", "", *table(["measure", "value"], rows), ""]
+
+
+def write_report() -> Path:
+    """Write ``README.md`` from the results present and return its path."""
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by the scripts in `bench/` (`python bench/bench_train.py`, "
+        "`bench_generate.py`, `bench_memory.py`, `bench_tokenizer.py`, `profile_train.py`); "
+        "the JSON files next to this one hold every sample. TinyLLM is compared with Hugging Face "
+        "transformers' `LlamaForCausalLM` built from the same configuration and loaded "
+        "with the same weights. A speedup is transformers' time over TinyLLM's. "
+        "Setup: `pip install -r requirements-bench.txt`.",
+        "",
+    ]
+    sections = {
+        "train": train_section, "profile_train": profile_section, "generate": generate_section,
+        "memory": memory_section, "tokenizer": tokenizer_section,
+    }
+    for name, render in sections.items():
+        data = load(name)
+        if data is not None:
+            lines += render(data)
+    README.write_text("\n".join(lines), encoding="utf-8")
+    return README
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_report()}")
