@@ -228,3 +228,78 @@ def singular_value_spectra(spectra: Mapping[str, np.ndarray]) -> Figure:
     values.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
+
+
+# --- Chapters 4 and 5: the training loop and evaluation ---
+
+
+def lr_schedule(lrs: Sequence[float], warmup_steps: int) -> Figure:
+    """Learning rate per optimizer step: linear warmup, then a cosine down to the floor."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(np.arange(1, len(lrs) + 1), lrs)
+    ax.axvspan(0.5, warmup_steps + 0.5, color="tab:orange", alpha=0.15, label="warmup")
+    ax.axhline(min(lrs[warmup_steps:]), color="grey", linestyle=":", label="floor")
+    ax.set(xlabel="optimizer step", ylabel="learning rate", title="Warmup + cosine schedule")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(
+    steps: Sequence[int],
+    train_loss: Sequence[float],
+    val_steps: Sequence[int],
+    val_loss: Sequence[float],
+    title: str,
+    best_step: int | None = None,
+    stop_step: int | None = None,
+) -> Figure:
+    """Train loss per step, validation loss per evaluation; optional best/stop markers."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(steps, train_loss, color="tab:blue", alpha=0.35, label="train loss (per step)")
+    window = min(10, len(train_loss))
+    smooth = np.convolve(train_loss, np.ones(window) / window, mode="valid")
+    ax.plot(steps[window - 1:], smooth, color="tab:blue", label=f"train loss ({window}-step mean)")
+    ax.plot(val_steps, val_loss, "o-", color="tab:red", label="validation loss")
+    if best_step is not None:
+        ax.axvline(best_step, color="tab:green", linestyle="--", label=f"best (step {best_step})")
+    if stop_step is not None:
+        ax.axvline(stop_step, color="black", linestyle=":", label=f"stopped (step {stop_step})")
+    ax.set(xlabel="optimizer step", ylabel="loss (NLL per label token)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def method_comparison(metrics: Mapping[str, Mapping[str, float]]) -> Figure:
+    """One small bar chart per metric, one bar per method (``metrics[metric][method]``)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 * len(metrics), 3.2))
+    for ax, (metric, values) in zip(np.atleast_1d(axes), metrics.items(), strict=True):
+        bars = ax.bar(list(values), list(values.values()),
+                      color=[f"C{i}" for i in range(len(values))])
+        labels = [f"{v:,.0f}" if v >= 1000 else f"{v:.3g}" for v in values.values()]
+        ax.bar_label(bars, labels=labels, fontsize=8)
+        ax.set_yticks([])  # the bars carry their values
+        ax.margins(y=0.15)
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(series: Mapping[str, Mapping[str, float]], title: str) -> Figure:
+    """Exact-match accuracy per task, one bar colour per model (``series[model][task]``)."""
+    tasks = list(dict.fromkeys(task for accuracy in series.values() for task in accuracy))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(series)
+    for k, (name, accuracy) in enumerate(series.items()):
+        offsets = np.arange(len(tasks)) + (k - (len(series) - 1) / 2) * width
+        bars = ax.bar(offsets, [accuracy.get(task, 0.0) for task in tasks], width=width,
+                      label=name)
+        ax.bar_label(bars, fmt="{:.0%}", fontsize=7)
+    ax.set_xticks(range(len(tasks)), _drawable(tasks), rotation=30, ha="right")
+    ax.set(ylabel="exact match", title=title, ylim=(0, 1.05))
+    ax.legend()
+    fig.tight_layout()
+    return fig
