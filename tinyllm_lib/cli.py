@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="the whole story in about three minutes")
+    demo = commands.add_parser("demo", help="base model, LoRA fine-tune, before and after, a chat")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
 

@@ -1,4 +1,4 @@
-"""``python -m tinyllm_lib demo``: instruction tuning, start to finish, in about three minutes.
+"""``python -m tinyllm_lib demo``: instruction tuning, start to finish, in one command.
 
 The story: the shipped base model knows the synthetic world from pretraining but does not
 follow instructions; a short LoRA fine-tune on ChatML conversations teaches it to answer;
