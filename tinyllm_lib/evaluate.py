@@ -33,8 +33,8 @@ from tinyllm_lib.sampling import SamplingConfig, reply_stream
 from tinyllm_lib.tokenizer import Tokenizer
 
 
-def perplexity(model: nn.Module, examples: Sequence[EncodedChat], batch_size: int = 8) -> float:
-    """``exp(sum of NLL over all label tokens / number of label tokens)`` over a dataset.
+def mean_nll(model: nn.Module, examples: Sequence[EncodedChat], batch_size: int = 8) -> float:
+    """Sum of NLL over all label tokens / number of label tokens, over a dataset (nats).
 
     Summing over tokens first and dividing once weights every token equally; averaging
     per-batch or per-example losses instead would over-weight short examples. Examples are
@@ -42,7 +42,7 @@ def perplexity(model: nn.Module, examples: Sequence[EncodedChat], batch_size: in
     the sum.
     """
     if batch_size < 1:
-        raise ValueError(f"perplexity: batch_size must be >= 1, got {batch_size}")
+        raise ValueError(f"mean_nll: batch_size must be >= 1, got {batch_size}")
     by_length = sorted(examples, key=len)
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
@@ -60,8 +60,13 @@ def perplexity(model: nn.Module, examples: Sequence[EncodedChat], batch_size: in
     finally:
         model.train(was_training)
     if total_tokens == 0:
-        raise ValueError("perplexity: the examples have no label tokens to score")
-    return math.exp(total_nll / total_tokens)
+        raise ValueError("mean_nll: the examples have no label tokens to score")
+    return total_nll / total_tokens
+
+
+def perplexity(model: nn.Module, examples: Sequence[EncodedChat], batch_size: int = 8) -> float:
+    """``exp(mean_nll)``: the number of equally likely tokens the model is as unsure as."""
+    return math.exp(mean_nll(model, examples, batch_size))
 
 
 @dataclass

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from tinyllm_lib.chat import IGNORE_INDEX, EncodedChat
 from tinyllm_lib.config import TrainConfig, config_to_dict
 from tinyllm_lib.data import Batch, collate, epoch_order, label_token_count, micro_batches
-from tinyllm_lib.evaluate import perplexity
+from tinyllm_lib.evaluate import mean_nll
 from tinyllm_lib.model import default_device, lm_loss_sum
 
 CHECKPOINT_DIR = "checkpoint"
@@ -433,9 +433,7 @@ class Trainer:
     def _evaluate(self, record: StepRecord) -> None:
         """Validate, and remember the weights when they are the best so far."""
         # The mean NLL per label token, in float32 even under bf16: it decides early stopping.
-        record.val_loss = math.log(
-            perplexity(self.model, self.val_examples, self.config.batch_size)
-        )
+        record.val_loss = mean_nll(self.model, self.val_examples, self.config.batch_size)
         state = self.state
         if state.best_val_loss is None or record.val_loss < state.best_val_loss:
             state.best_val_loss, state.best_step = record.val_loss, record.step
