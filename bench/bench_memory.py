@@ -8,7 +8,9 @@ pass remain, since the gradient must still flow back through the frozen layers.
 A process's peak resident set size (``ru_maxrss``) never goes down, so each mode runs in
 its own fresh Python process: ``model`` only builds the model (the floor every mode
 shares: interpreter, PyTorch, weights), ``full`` and ``lora`` also take a few training
-steps at the seed's default configuration.
+steps at the seed's default configuration, first as they are and then with gradient
+checkpointing (``TinyLLM.gradient_checkpointing``), which keeps only each decoder block's
+input for backward and so removes most of the activations both modes share.
 
 Run ``python bench/bench_memory.py``; results go to ``bench/results/memory.json`` and
 ``bench/results/README.md``.
@@ -30,6 +32,8 @@ from tinyllm_lib.lora import apply_lora, count_parameters
 from tinyllm_lib.model import TinyLLM, lm_loss_sum
 
 MODES = ("model", "full", "lora")
+RUNS = [("model", False), ("full", False), ("lora", False), ("full", True), ("lora", True)]
+"""(mode, gradient checkpointing) of each measured process."""
 TARGET = 0.5
 """LoRA's peak should be at most this share of full fine-tuning's."""
 
@@ -40,18 +44,21 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def worker(mode: str, steps: int, batch_size: int, seq_len: int, bf16: bool) -> None:
+def worker(
+    mode: str, checkpointing: bool, steps: int, batch_size: int, seq_len: int, bf16: bool
+) -> None:
     """Build the seed model, train it ``steps`` steps as ``mode`` says, print the peak."""
     torch.manual_seed(0)
     model = TinyLLM(ModelConfig())
+    model.gradient_checkpointing = checkpointing
     if mode == "lora":
         apply_lora(model, LoRAConfig())
     trainable, total = count_parameters(model)
     if mode != "model":
         config = TrainConfig()
-        optimizer = torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(  # as the Trainer builds it
             [p for p in model.parameters() if p.requires_grad], lr=config.lr,
-            betas=config.betas, weight_decay=config.weight_decay,
+            betas=config.betas, weight_decay=config.weight_decay, fused=True,
         )
         ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len))
         for _ in range(steps):
@@ -61,22 +68,26 @@ def worker(mode: str, steps: int, batch_size: int, seq_len: int, bf16: bool) -> 
             (nll / count).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    print(json.dumps({"mode": mode, "peak_rss_mb": round(peak_rss_mb(), 1),
+    print(json.dumps({"mode": mode, "gradient_checkpointing": checkpointing,
+                      "peak_rss_mb": round(peak_rss_mb(), 1),
                       "trainable": trainable, "total": total,
                       "trainable_share": round(trainable / total, 5)}))
 
 
-def measure(mode: str, args: argparse.Namespace) -> dict:
+def measure(mode: str, checkpointing: bool, args: argparse.Namespace) -> dict:
     """Run ``mode`` in a fresh interpreter and read back its one-line JSON report."""
     command = [sys.executable, __file__, "--worker", mode, "--steps", str(args.steps),
                "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
     if args.bf16:
         command.append("--bf16")
+    if checkpointing:
+        command.append("--gradient-checkpointing")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"bench_memory: the {mode} worker failed:\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"{mode:5s}: peak RSS {result['peak_rss_mb']:7.1f} MB, trainable "
+    label = mode + (" + checkpointing" if checkpointing else "")
+    print(f"{label:20s}: peak RSS {result['peak_rss_mb']:7.1f} MB, trainable "
           f"{result['trainable']:,} of {result['total']:,} ({result['trainable_share']:.2%})")
     return result
 
@@ -89,6 +100,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--bf16", action="store_true", help="train under bf16 autocast")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.seq_len = 1, 64
@@ -98,12 +110,21 @@ def main() -> None:
     if args.seq_len > ModelConfig().max_seq_len:
         parser.error(f"--seq-len must be <= the seed model's context, {ModelConfig().max_seq_len}")
     if args.worker:
-        worker(args.worker, args.steps, args.batch_size, args.seq_len, args.bf16)
+        worker(args.worker, args.gradient_checkpointing, args.steps, args.batch_size,
+               args.seq_len, args.bf16)
         return
 
     machine = machine_info()
-    runs = {mode: measure(mode, args) for mode in MODES}
-    floor, full, lora = (runs[m]["peak_rss_mb"] for m in MODES)
+    runs = {run: measure(*run, args) for run in RUNS}
+    peak = {run: result["peak_rss_mb"] for run, result in runs.items()}
+    floor = peak["model", False]
+
+    def lora_over_full(checkpointing: bool) -> dict:
+        """LoRA's peak over full fine-tuning's, both with or both without checkpointing."""
+        lora, full = peak["lora", checkpointing], peak["full", checkpointing]
+        return {"lora_over_full": round(lora / full, 3),
+                "lora_over_full_above_model": round((lora - floor) / (full - floor), 3),
+                "target_met": lora / full <= TARGET}
     write_results("memory", {
         "benchmark": "memory",
         "machine": machine,
@@ -111,14 +132,14 @@ def main() -> None:
             "size": "seed", "steps": args.steps, "batch_size": args.batch_size,
             "seq_len": args.seq_len, "precision": "bf16 autocast" if args.bf16 else "fp32",
             "lora": f"rank {LoRAConfig().rank}, targets {', '.join(LoRAConfig().target_modules)}",
-            "optimizer": "AdamW",
+            "optimizer": "AdamW (fused)",
         },
         "model": config_summary(ModelConfig()),
         "runs": list(runs.values()),
-        "lora_over_full": round(lora / full, 3),
-        "lora_over_full_above_model": round((lora - floor) / (full - floor), 3),
         "target": TARGET,
-        "target_met": lora / full <= TARGET,
+        **lora_over_full(checkpointing=False),
+        "with_checkpointing": lora_over_full(checkpointing=True),
+        "lora_checkpointing_over_plain_full": round(peak["lora", True] / peak["full", False], 3),
     })
 
 

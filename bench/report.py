@@ -118,17 +118,26 @@ def memory_section(data: dict[str, Any]) -> list[str]:
         "",
     ]
     rows = [
-        [run["mode"], f"{run['peak_rss_mb']:.0f}"]
+        [run["mode"], "yes" if run["gradient_checkpointing"] else "no",
+         f"{run['peak_rss_mb']:.0f}"]
         + (["-", "-"] if run["mode"] == "model" else
            [f"{run['trainable']:,}", f"{run['trainable_share']:.2%}"])
         for run in data["runs"]
     ]
-    lines += table(["mode", "peak RSS (MB)", "trainable parameters", "trainable share"], rows)
+    lines += table(["mode", "gradient checkpointing", "peak RSS (MB)", "trainable parameters",
+                    "trainable share"], rows)
+    for label, ratios in [("without gradient checkpointing", data),
+                          ("both with gradient checkpointing", data["with_checkpointing"])]:
+        lines += [
+            "",
+            f"LoRA peak / full peak, {label}: **{ratios['lora_over_full']:.0%}** (target at "
+            f"most {data['target']:.0%}: {met(ratios['target_met'])}); above the process "
+            f"that only holds the model: {ratios['lora_over_full_above_model']:.0%}.",
+        ]
     lines += [
         "",
-        f"LoRA peak / full peak: **{data['lora_over_full']:.0%}** (target at most "
-        f"{data['target']:.0%}: {met(data['target_met'])}); above the process that only "
-        f"holds the model: {data['lora_over_full_above_model']:.0%}.",
+        "LoRA with checkpointing / full without: "
+        f"{data['lora_checkpointing_over_plain_full']:.0%}.",
         "",
         machine_line(data["machine"]),
         "",

@@ -40,7 +40,7 @@ TRAIN_RUNS = {
     "full": ["--full"],
     "scratch-lora": [],
 }
-KEEP = {"base", "lora-qv-lr1e-4"}  # already measured runs that a rerun may reuse
+KEEP = {"base", "lora-qv-lr1e-4", "lora-qv"}  # already measured runs that a rerun may reuse
 
 
 def run(args: list[str]) -> float:

@@ -154,6 +154,40 @@ def test_steps_see_the_same_examples_whatever_the_micro_batch_size():
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5)  # 1% of lr
 
 
+def saved_activation_bytes(model, batch) -> int:
+    """Bytes autograd keeps for backward during one forward pass."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        train.lm_loss_sum(model(batch.input_ids), batch.labels)
+    return total
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_with_fewer_saved_activations():
+    model = make_model()
+    examples = synthetic_examples(8, seed=7)
+    batch = collate(examples, PAD)
+    plain = step_gradients(model, examples, batch_size=4)
+    plain_bytes = saved_activation_bytes(model, batch)
+    model.gradient_checkpointing = True
+    checkpointed = step_gradients(model, examples, batch_size=4)
+    checkpointed_bytes = saved_activation_bytes(model, batch)
+    assert relative_error(checkpointed, {n: g.double() for n, g in plain.items()}) < 1e-6
+    assert checkpointed_bytes < plain_bytes / 2
+
+
+def test_the_trainer_turns_gradient_checkpointing_on_from_its_config():
+    model = make_model()
+    run(model, synthetic_examples(4, seed=8), batch_size=4, epochs=1,
+        gradient_checkpointing=True)
+    assert model.gradient_checkpointing
+
+
 # ----- optimizer, reproducibility, frozen parameters -------------------------------------
 
 

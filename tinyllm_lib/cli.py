@@ -169,6 +169,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         lr=args.lr or (FULL_LR if args.full else LORA_LR), warmup_steps=args.warmup_steps,
         max_steps=args.max_steps, eval_every=args.eval_every, patience=args.patience,
         save_every=args.save_every, seed=args.seed, bf16=args.bf16,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     out = args.out or OUTPUTS / "models" / ("full" if args.full else "lora")
     trainer = Trainer(model, train_examples, val_examples, config, pad_id=tokenizer.pad_id,
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-every", type=positive_int, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    train.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in backward: less memory, more time")
     train.add_argument("--out", type=Path, default=None,
                        help="output folder (default outputs/models/lora or outputs/models/full)")
     train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")

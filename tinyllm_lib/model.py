@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 
@@ -234,6 +235,9 @@ class TinyLLM(nn.Module):
         # Non-persistent: derived from the config, so they stay out of the state dict.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # Trade compute for memory in training (the trainer sets it from
+        # TrainConfig.gradient_checkpointing); see forward.
+        self.gradient_checkpointing = False
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -259,7 +263,13 @@ class TinyLLM(nn.Module):
         cos = self.rope_cos[start : start + seq].to(compute_dtype(x))
         sin = self.rope_sin[start : start + seq].to(compute_dtype(x))
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, cache, i)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # Backward needs every block's intermediate activations; checkpointing keeps
+                # only the block's input and recomputes the rest during backward: about one
+                # extra forward pass of compute for most of the activation memory.
+                x = checkpoint(block, x, cos, sin, None, i, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += seq
         return self.lm_head(self.model.norm(x))

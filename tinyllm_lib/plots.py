@@ -8,25 +8,32 @@ plotting code does not hide the lesson. Sections follow the chapters.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from importlib.resources import files
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.figure import Figure
 
-# --- Chapters 3 and 6: ChatML and sampling ---
 
+def use_cjk_font() -> None:
+    """Let every figure draw Chinese as well as Latin text.
 
-def _drawable(labels: Sequence[str]) -> list[str]:
-    """``labels`` with characters the default font cannot draw (e.g. Chinese) as ``\\uXXXX``.
-
-    Without a CJK font matplotlib draws empty boxes and warns; an escape is at least exact.
+    matplotlib's default font (DejaVu Sans) has no Chinese glyphs, and this book's world is
+    bilingual. The ``mplfonts`` package ships Noto Sans CJK SC as a file; registering it
+    and listing it after DejaVu Sans in ``font.family`` makes matplotlib fall back glyph by
+    glyph: Latin letters keep DejaVu Sans, Chinese characters come from Noto. Called once
+    when this module is imported.
     """
-    from matplotlib import font_manager, ft2font
+    noto = str(files("mplfonts") / "fonts" / "NotoSansCJKsc-Regular.otf")
+    font_manager.fontManager.addfont(noto)
+    cjk_name = font_manager.FontProperties(fname=noto).get_name()
+    plt.rcParams["font.family"] = ["DejaVu Sans", cjk_name]
 
-    font = ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties()))
-    drawable = font.get_charmap()
-    return ["".join(c if ord(c) in drawable else f"\\u{ord(c):04x}" for c in label)
-            for label in labels]
+
+use_cjk_font()
+
+# --- Chapters 3 and 6: ChatML and sampling ---
 
 
 def chat_length_histogram(
@@ -54,7 +61,7 @@ def next_token_bars(
     fig, ax = plt.subplots(figsize=(7, 3.5))
     colours = ["tab:blue" if k else "lightgrey" for k in kept]
     ax.bar(range(len(tokens)), probabilities, color=colours)
-    ax.set_xticks(range(len(tokens)), _drawable(tokens), rotation=60)
+    ax.set_xticks(range(len(tokens)), tokens, rotation=60)
     ax.set(xlabel="candidate next token", ylabel="probability", title=title)
     ax.legend(handles=[Patch(color="tab:blue", label="kept"),
                        Patch(color="lightgrey", label="removed")])
@@ -71,7 +78,7 @@ def grouped_token_bars(
     for k, (name, values) in enumerate(series.items()):
         ax.bar(np.arange(len(tokens)) + (k - (len(series) - 1) / 2) * width, values,
                width=width, label=name)
-    ax.set_xticks(range(len(tokens)), _drawable(tokens), rotation=60)
+    ax.set_xticks(range(len(tokens)), tokens, rotation=60)
     ax.set(xlabel="candidate next token", ylabel="probability", title=title)
     ax.legend()
     fig.tight_layout()
@@ -298,8 +305,133 @@ def accuracy_bars(series: Mapping[str, Mapping[str, float]], title: str) -> Figu
         bars = ax.bar(offsets, [accuracy.get(task, 0.0) for task in tasks], width=width,
                       label=name)
         ax.bar_label(bars, fmt="{:.0%}", fontsize=7)
-    ax.set_xticks(range(len(tasks)), _drawable(tasks), rotation=30, ha="right")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
     ax.set(ylabel="exact match", title=title, ylim=(0, 1.05))
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --- Appendix: benchmarks ---
+
+
+def speed_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    notes: Sequence[str],
+    title: str,
+    marks: Sequence[float] | None = None,
+    mark_label: str = "target",
+) -> Figure:
+    """Tokens/s per group, one bar colour per implementation, a note above each group.
+
+    ``marks`` (optional, one per group) draws a black dash over the first series' bar: the
+    tokens/s that series would need, e.g. to reach a speedup target.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(series)
+    x = np.arange(len(groups))
+    tops = np.zeros(len(groups))
+    for k, (name, values) in enumerate(series.items()):
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width=width, label=name)
+        tops = np.maximum(tops, values)
+    if marks is not None:
+        first = x - (len(series) - 1) / 2 * width
+        ax.hlines(marks, first - width / 2, first + width / 2, color="black", linewidth=2,
+                  label=mark_label)
+        tops = np.maximum(tops, marks)
+    ax.set_ylim(0, tops.max() * 1.3)
+    for k, values in enumerate(series.values()):  # inside the bar's top, above a short bar
+        for position, value in zip(x + (k - (len(series) - 1) / 2) * width, values, strict=True):
+            inside = value > 0.1 * tops.max() * 1.3
+            ax.annotate(f"{value:,.0f}", (position, value), xytext=(0, -3 if inside else 2),
+                        textcoords="offset points", ha="center", va="top" if inside else "bottom",
+                        fontsize=7, color="white" if inside else "black")
+    for position, top, note in zip(x, tops, notes, strict=True):
+        ax.annotate(note, (position, top), xytext=(0, 14), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, groups)
+    ax.set(ylabel="tokens / s", title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def peak_fraction_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    targets: Sequence[float | None],
+    title: str,
+) -> Figure:
+    """Achieved share of the measured matmul peak per group and implementation.
+
+    A dashed red line over a group marks its target share, where ``targets`` has one.
+    """
+    from matplotlib.ticker import PercentFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.8 / len(series)
+    x = np.arange(len(groups))
+    for k, (name, values) in enumerate(series.items()):
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width=width, label=name)
+        ax.bar_label(bars, fmt="{:.0%}", fontsize=7)
+    labelled = False
+    for position, target in zip(x, targets, strict=True):
+        if target is not None:
+            ax.hlines(target, position - 0.45, position + 0.45, color="tab:red",
+                      linestyle="--", label=None if labelled else f"target {target:.0%}")
+            labelled = True
+    ax.set_xticks(x, groups)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set(ylabel="share of matmul peak", title=title, ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def time_breakdown(labels: Sequence[str], ms: Mapping[str, Sequence[float]]) -> Figure:
+    """Milliseconds per category of a step as stacked horizontal bars, and as shares.
+
+    ``ms[category]`` holds one value per label; the first label is drawn at the top.
+    """
+    from matplotlib.ticker import PercentFormatter
+
+    fig, (absolute, share) = plt.subplots(1, 2, figsize=(11, 0.45 * len(labels) + 1.8),
+                                          sharey=True)
+    y = np.arange(len(labels))[::-1]
+    totals = np.sum([np.asarray(v, dtype=float) for v in ms.values()], axis=0)
+    left_ms, left_share = np.zeros(len(labels)), np.zeros(len(labels))
+    for k, (category, values) in enumerate(ms.items()):
+        values = np.asarray(values, dtype=float)
+        absolute.barh(y, values, left=left_ms, color=f"C{k}", label=category)
+        share.barh(y, values / totals, left=left_share, color=f"C{k}")
+        left_ms += values
+        left_share += values / totals
+    for position, total in zip(y, totals, strict=True):
+        absolute.annotate(f"{total:,.0f}", (total, position), xytext=(3, 0),
+                          textcoords="offset points", va="center", fontsize=7)
+    absolute.set_yticks(y, labels, fontsize=8)
+    absolute.set(xlabel="milliseconds per training step", title="Time per step")
+    absolute.set_xlim(0, totals.max() * 1.12)
+    share.xaxis.set_major_formatter(PercentFormatter(1.0))
+    share.set(xlabel="share of the step", title="Share of the step", xlim=(0, 1))
+    fig.legend(*absolute.get_legend_handles_labels(), loc="lower center",
+               ncol=len(ms), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def memory_bars(
+    labels: Sequence[str], peak_mb: Sequence[float], limit_mb: float, limit_label: str
+) -> Figure:
+    """Peak resident memory per run, with a dashed line at a limit (e.g. a target)."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(labels) + 2), 3.6))
+    bars = ax.bar(range(len(labels)), peak_mb, color=[f"C{i}" for i in range(len(labels))])
+    ax.bar_label(bars, fmt="{:,.0f} MB", fontsize=8)
+    ax.axhline(limit_mb, color="tab:red", linestyle="--", label=limit_label)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set(ylabel="peak RSS (MB)", title="Peak memory of a fresh process")
+    ax.set_ylim(0, max(max(peak_mb), limit_mb) * 1.15)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig

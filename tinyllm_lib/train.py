@@ -325,8 +325,15 @@ class Trainer:
         self.run_name = run_name
         self.progress = progress
         self.model = model.to(torch.device(device) if device is not None else default_device())
+        if config.gradient_checkpointing:
+            if not hasattr(model, "gradient_checkpointing"):
+                raise ValueError(f"Trainer: {type(model).__name__} has no gradient checkpointing")
+            model.gradient_checkpointing = True
+        # fused=True: one kernel updates all parameters instead of a chain of for-each
+        # operations; the same AdamW math, about 4x faster on CPU (bench/profile_train.py).
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas
+            parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,
+            fused=True,
         )
         self.examples_per_step = config.batch_size * config.grad_accum
         self.steps_per_epoch = math.ceil(len(train_examples) / self.examples_per_step)
