@@ -1,0 +1,101 @@
+"""What the shipped base model can do before any instruction tuning, in plain text.
+
+    python experiments/probe_base.py          # about a minute on 2 CPU cores
+
+Instruction tuning teaches a format; it can only draw out a skill the base already has.
+This script asks the base for each instruction task's skill in the pretraining corpus's
+own phrasing (``world.py``'s general documents), e.g. ``"65 + 35 ="`` for arithmetic,
+and scores the greedy continuation by exact match. A prompt stops before the space that
+starts the answer, because byte-level BPE joins a space to the word after it (" 100").
+A family whose skill the base lacks in plain text is one that LoRA on the base cannot be
+expected to teach. Results go to
+``experiments/results/probe_base.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tinyllm_lib.checkpoint import load_pretrained
+from tinyllm_lib.cli import BASE_DIR
+from tinyllm_lib.sampling import generate
+from tinyllm_lib.world import DICTIONARY, SPELLING_WORDS, make_world
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROBES_PER_SKILL = 100
+
+Probe = tuple[str, str]  # (prompt, expected continuation)
+WORLD = make_world()  # the world data/ was generated from (the default seed)
+
+
+def arithmetic(rng: random.Random) -> Probe:
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    return f"{a} + {b} =", f" {a + b}"
+
+
+def sort_numbers(rng: random.Random) -> Probe:
+    numbers = rng.sample(range(100), rng.randint(3, 5))
+    return (f"The numbers {', '.join(map(str, numbers))} from smallest to largest:",
+            " " + ", ".join(map(str, sorted(numbers))))
+
+
+def uppercase(rng: random.Random) -> Probe:
+    word = rng.choice(SPELLING_WORDS)
+    return f"{word} in capital letters is", f" {word.upper()}"
+
+
+def count_letter(rng: random.Random) -> Probe:
+    word = rng.choice(SPELLING_WORDS)
+    letter = rng.choice(word)
+    return f"字母{letter}在{word}中出现了", f"{word.count(letter)}次"  # the word comes first here
+
+
+def translate(rng: random.Random) -> Probe:
+    term = rng.choice(DICTIONARY)
+    return f"The Chinese word for {term.en} is", f" {term.zh}"
+
+
+def fact(rng: random.Random, heldout: bool) -> Probe:
+    world = WORLD
+    person = rng.choice([p for p in world.people if p.heldout == heldout])
+    return f"{person.name.en} lives in", f" {person.facts['city'].en}"
+
+
+SKILLS: dict[str, Callable[[random.Random], Probe]] = {
+    "arithmetic (a + b =)": arithmetic,
+    "sort (smallest to largest)": sort_numbers,
+    "string (uppercase)": uppercase,
+    "count (letter in a word; most answers are 1)": count_letter,
+    "translate (en -> zh)": translate,
+    "facts: city, instruction-data people": lambda rng: fact(rng, heldout=False),
+    "facts: city, held-out people": lambda rng: fact(rng, heldout=True),
+}
+
+
+def main() -> None:
+    model, tokenizer = load_pretrained(BASE_DIR)
+    model.eval()
+    results = {}
+    for name, make in SKILLS.items():
+        rng = random.Random(0)
+        correct = 0
+        for _ in range(PROBES_PER_SKILL):
+            prompt, expected = make(rng)
+            ids = tokenizer.encode(prompt)
+            with torch.no_grad():
+                new = list(generate(model, ids, temperature=0,
+                                    max_new_tokens=len(tokenizer.encode(expected)) + 2))
+            correct += tokenizer.decode(new).startswith(expected)
+        results[name] = correct / PROBES_PER_SKILL
+        print(f"{name:40s} {results[name]:6.0%}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "probe_base.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
