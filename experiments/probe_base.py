@@ -60,10 +60,12 @@ def translate(rng: random.Random) -> Probe:
     return f"The Chinese word for {term.en} is", f" {term.zh}"
 
 
-def fact(rng: random.Random, heldout: bool) -> Probe:
-    world = WORLD
-    person = rng.choice([p for p in world.people if p.heldout == heldout])
-    return f"{person.name.en} lives in", f" {person.facts['city'].en}"
+def fact(rng: random.Random, heldout: bool, lang: str) -> Probe:
+    person = rng.choice([p for p in WORLD.people if p.heldout == heldout])
+    city = person.facts["city"]
+    if lang == "zh":
+        return f"{person.name.zh}住在", city.zh  # no spaces in Chinese text
+    return f"{person.name.en} lives in", f" {city.en}"
 
 
 SKILLS: dict[str, Callable[[random.Random], Probe]] = {
@@ -72,15 +74,17 @@ SKILLS: dict[str, Callable[[random.Random], Probe]] = {
     "string (uppercase)": uppercase,
     "count (letter in a word; most answers are 1)": count_letter,
     "translate (en -> zh)": translate,
-    "facts: city, instruction-data people": lambda rng: fact(rng, heldout=False),
-    "facts: city, held-out people": lambda rng: fact(rng, heldout=True),
+    "facts: city, instruction-data people, en": lambda rng: fact(rng, False, "en"),
+    "facts: city, instruction-data people, zh": lambda rng: fact(rng, False, "zh"),
+    "facts: city, held-out people, en": lambda rng: fact(rng, True, "en"),
+    "facts: city, held-out people, zh": lambda rng: fact(rng, True, "zh"),
 }
 
 
 def main() -> None:
     model, tokenizer = load_pretrained(BASE_DIR)
     model.eval()
-    results = {}
+    results: dict[str, float] = {}
     for name, make in SKILLS.items():
         rng = random.Random(0)
         correct = 0
@@ -92,7 +96,7 @@ def main() -> None:
                                     max_new_tokens=len(tokenizer.encode(expected)) + 2))
             correct += tokenizer.decode(new).startswith(expected)
         results[name] = correct / PROBES_PER_SKILL
-        print(f"{name:40s} {results[name]:6.0%}")
+        print(f"{name:46s} {results[name]:6.0%}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "probe_base.json").write_text(json.dumps(results, indent=2) + "\n")
 
