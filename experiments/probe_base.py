@@ -19,17 +19,19 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+from torch import nn
 
 from tinyllm_lib.checkpoint import load_pretrained
 from tinyllm_lib.cli import BASE_DIR
 from tinyllm_lib.sampling import generate
+from tinyllm_lib.tokenizer import Tokenizer
 from tinyllm_lib.world import DICTIONARY, SPELLING_WORDS, make_world
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBES_PER_SKILL = 100
 
 Probe = tuple[str, str]  # (prompt, expected continuation)
+ProbeMaker = Callable[[random.Random], Probe]
 WORLD = make_world()  # the world data/ was generated from (the default seed)
 
 
@@ -68,7 +70,7 @@ def fact(rng: random.Random, heldout: bool, lang: str) -> Probe:
     return f"{person.name.en} lives in", f" {city.en}"
 
 
-SKILLS: dict[str, Callable[[random.Random], Probe]] = {
+SKILLS: dict[str, ProbeMaker] = {
     "arithmetic (a + b =)": arithmetic,
     "sort (smallest to largest)": sort_numbers,
     "string (uppercase)": uppercase,
@@ -81,21 +83,27 @@ SKILLS: dict[str, Callable[[random.Random], Probe]] = {
 }
 
 
+def skill_accuracy(model: nn.Module, tokenizer: Tokenizer, make: ProbeMaker) -> float:
+    """Share of ``PROBES_PER_SKILL`` probes whose greedy continuation starts as expected.
+
+    The probes are drawn from a fixed seed, so every call asks the same questions.
+    """
+    rng = random.Random(0)
+    correct = 0
+    for _ in range(PROBES_PER_SKILL):
+        prompt, expected = make(rng)
+        budget = len(tokenizer.encode(expected)) + 2
+        new = list(generate(model, tokenizer.encode(prompt), temperature=0,
+                            max_new_tokens=budget))
+        correct += tokenizer.decode(new).startswith(expected)
+    return correct / PROBES_PER_SKILL
+
+
 def main() -> None:
     model, tokenizer = load_pretrained(BASE_DIR)
-    model.eval()
     results: dict[str, float] = {}
     for name, make in SKILLS.items():
-        rng = random.Random(0)
-        correct = 0
-        for _ in range(PROBES_PER_SKILL):
-            prompt, expected = make(rng)
-            ids = tokenizer.encode(prompt)
-            with torch.no_grad():
-                new = list(generate(model, ids, temperature=0,
-                                    max_new_tokens=len(tokenizer.encode(expected)) + 2))
-            correct += tokenizer.decode(new).startswith(expected)
-        results[name] = correct / PROBES_PER_SKILL
+        results[name] = skill_accuracy(model, tokenizer, make)
         print(f"{name:46s} {results[name]:6.0%}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "probe_base.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -105,7 +105,7 @@ class TrainConfig:
     examples. The learning rate warms up linearly for ``warmup_steps`` optimizer steps,
     then follows a cosine down to ``min_lr_ratio * lr``. ``gradient_checkpointing``
     recomputes each decoder block's activations during backward instead of keeping them
-    (less memory, about a third more time).
+    (less memory, for one extra forward pass of each block).
     """
 
     epochs: int = 3
