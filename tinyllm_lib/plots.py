@@ -33,6 +33,17 @@ def use_cjk_font() -> None:
 
 use_cjk_font()
 
+
+def grouped_bar_positions(groups: int, series: int) -> tuple[list[np.ndarray], float]:
+    """The x positions of each series' bars in a grouped bar chart, and the bar width.
+
+    Groups sit at 0, 1, 2, ...; the ``series`` bars of a group share 80% of the space
+    between group centres, side by side.
+    """
+    width = 0.8 / series
+    return [np.arange(groups) + (k - (series - 1) / 2) * width for k in range(series)], width
+
+
 # --- Chapters 3 and 6: ChatML and sampling ---
 
 
@@ -74,10 +85,9 @@ def grouped_token_bars(
 ) -> Figure:
     """Probabilities of the same tokens under several settings, one bar colour per setting."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(series)
-    for k, (name, values) in enumerate(series.items()):
-        ax.bar(np.arange(len(tokens)) + (k - (len(series) - 1) / 2) * width, values,
-               width=width, label=name)
+    positions, width = grouped_bar_positions(len(tokens), len(series))
+    for x, (name, values) in zip(positions, series.items(), strict=True):
+        ax.bar(x, values, width=width, label=name)
     ax.set_xticks(range(len(tokens)), tokens, rotation=60)
     ax.set(xlabel="candidate next token", ylabel="probability", title=title)
     ax.legend()
@@ -299,11 +309,9 @@ def accuracy_bars(series: Mapping[str, Mapping[str, float]], title: str) -> Figu
     """Exact-match accuracy per task, one bar colour per model (``series[model][task]``)."""
     tasks = list(dict.fromkeys(task for accuracy in series.values() for task in accuracy))
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(series)
-    for k, (name, accuracy) in enumerate(series.items()):
-        offsets = np.arange(len(tasks)) + (k - (len(series) - 1) / 2) * width
-        bars = ax.bar(offsets, [accuracy.get(task, 0.0) for task in tasks], width=width,
-                      label=name)
+    positions, width = grouped_bar_positions(len(tasks), len(series))
+    for x, (name, accuracy) in zip(positions, series.items(), strict=True):
+        bars = ax.bar(x, [accuracy.get(task, 0.0) for task in tasks], width=width, label=name)
         ax.bar_label(bars, fmt="{:.0%}", fontsize=7)
     ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
     ax.set(ylabel="exact match", title=title, ylim=(0, 1.05))
@@ -329,20 +337,20 @@ def speed_bars(
     tokens/s that series would need, e.g. to reach a speedup target.
     """
     fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(series)
+    positions, width = grouped_bar_positions(len(groups), len(series))
     x = np.arange(len(groups))
     tops = np.zeros(len(groups))
-    for k, (name, values) in enumerate(series.items()):
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width=width, label=name)
+    for bar_x, (name, values) in zip(positions, series.items(), strict=True):
+        ax.bar(bar_x, values, width=width, label=name)
         tops = np.maximum(tops, values)
     if marks is not None:
-        first = x - (len(series) - 1) / 2 * width
+        first = positions[0]
         ax.hlines(marks, first - width / 2, first + width / 2, color="black", linewidth=2,
                   label=mark_label)
         tops = np.maximum(tops, marks)
     ax.set_ylim(0, tops.max() * 1.3)
-    for k, values in enumerate(series.values()):  # inside the bar's top, above a short bar
-        for position, value in zip(x + (k - (len(series) - 1) / 2) * width, values, strict=True):
+    for bar_x, values in zip(positions, series.values(), strict=True):
+        for position, value in zip(bar_x, values, strict=True):  # in a tall bar, above a short
             inside = value > 0.1 * tops.max() * 1.3
             ax.annotate(f"{value:,.0f}", (position, value), xytext=(0, -3 if inside else 2),
                         textcoords="offset points", ha="center", va="top" if inside else "bottom",
@@ -370,10 +378,10 @@ def peak_fraction_bars(
     from matplotlib.ticker import PercentFormatter
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    width = 0.8 / len(series)
+    positions, width = grouped_bar_positions(len(groups), len(series))
     x = np.arange(len(groups))
-    for k, (name, values) in enumerate(series.items()):
-        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width=width, label=name)
+    for bar_x, (name, values) in zip(positions, series.items(), strict=True):
+        bars = ax.bar(bar_x, values, width=width, label=name)
         ax.bar_label(bars, fmt="{:.0%}", fontsize=7)
     labelled = False
     for position, target in zip(x, targets, strict=True):
