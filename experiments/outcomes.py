@@ -40,7 +40,6 @@ TRAIN_RUNS = {
     "full": ["--full"],
     "scratch-lora": [],
 }
-KEEP = {"base", "lora-qv-lr1e-4", "lora-qv"}  # already measured runs that a rerun may reuse
 
 
 def run(args: list[str]) -> float:
@@ -73,12 +72,8 @@ def main_experiment() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved = RESULTS / "outcomes.json"
-    previous = json.loads(saved.read_text()) if saved.exists() else {}
     results: dict[str, dict] = {}
     for name in ["base", *TRAIN_RUNS]:
-        if name in KEEP and name in previous:
-            results[name] = previous[name]
-            continue
         entry: dict = {}
         if name in TRAIN_RUNS:
             base = scratch_model(OUT / "scratch-base") if name == "scratch-lora" else BASE_DIR

@@ -233,6 +233,9 @@ def test_dictionary_and_names_are_unambiguous() -> None:
     # No name inside another, so "name in text" finds exactly that person.
     joined = "\n".join(names)
     assert all(joined.count(name) == 1 for name in names)
+    # Every English first name belongs to one person (one distinctive token to tie facts to).
+    first_names = [p.name.en.split()[0] for p in world.people]
+    assert len(set(first_names)) == len(first_names)
     assert len({c.en for c in world.cities}) == len({c.zh for c in world.cities}) == 24
     assert sum(p.heldout for p in world.people) == 50
 

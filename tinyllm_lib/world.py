@@ -110,10 +110,32 @@ CITY_SUFFIXES = _terms("""
     ford=渡 field=田 bridge=桥 port=港 wood=林 dale=谷 brook=溪 mouth=口 ville=城 gate=关
     haven=湾 hill=岭""")
 
-FEMALE_NAMES_EN = """Anna Clara Emma Grace Helen Iris Julia Laura Lucy Maria Nora Olivia Rosa Sara
-    Vera Alice Bella Daisy Eva Fiona Hannah Ivy Kate Lily Mia Nina Paula Ruth Sophie Zoe""".split()
-MALE_NAMES_EN = """Adam Ben Carl David Eric Frank George Henry Ivan Jack Leo Mark Noah Oscar Paul
-    Peter Sam Tom Victor Walter Alex Daniel Felix Hugo Luke Max Owen Ryan Simon Theo""".split()
+# Every person gets an English first name of their own (no first name is the end of another,
+# so a full name never hides inside another). With shared first names a fact had to be bound
+# to a *pair* of common tokens, and the 4M-parameter base learnt English facts far less well
+# than Chinese ones, whose given names almost never repeat.
+FEMALE_NAMES_EN = """Abigail Ada Agnes Alice Amber Amelia Amy Anna Audrey Ava Beatrice Bella Beth
+    Bonnie Brenda Bridget Camila Carla Caroline Cecilia Celia Charlotte Chloe Clara Claire Cora
+    Daisy Daphne Diana Dora Edith Eleanor Eliza Eloise Emily Emma Erin Esther Eva Evelyn Faith
+    Fiona Flora Frances Freya Gemma Georgia Gloria Grace Greta Hannah Harriet Hazel Heidi Helen
+    Holly Imogen Irene Iris Isla Ivy Jane Jasmine Jean Jessica Joan Josie Joy Judith Julia June
+    Karen Kate Kelly Laura Leah Lillian Linda Lisa Lola Louise Lucy Lydia Mabel Maggie Margaret
+    Maria Martha Matilda Maya Megan Melissa Mia Molly Monica Naomi Natalie Nina Nora Olive Olivia
+    Paige Pamela Penny Phoebe Piper Polly Priscilla Rachel Rebecca Rita Robin Rosa Ruby Ruth
+    Sabrina Sally Sara Scarlett Selena Sophie Stella Susan Tessa Thea Tina Ursula Valerie Vera
+    Violet Wendy Willa Yvonne Zara Zoe Alma Bianca Dinah Greer Hilda Ingrid Jodie Kira Lorna
+    Miriam Nadia Odette Petra Rhoda Sylvia Tamsin Una Viola Winifred""".split()
+MALE_NAMES_EN = """Aaron Adam Adrian Albert Alan Alex Alfred Andrew Anthony Arthur Austin Barry Ben
+    Bernard Blake Bruce Caleb Calvin Carl Charles Chris Clark Colin Connor Craig Daniel Dennis
+    Derek Dominic Douglas Dylan Edgar Edward Elliot Emil Eric Ethan Eugene Evan Felix Fergus Frank
+    Frederick Gabriel Gareth George Gerald Gordon Graham Gregory Harold Harvey Hector Henry Howard
+    Hugo Ivan Jack Jacob James Jason Jasper Jeremy Jerome Jonah Joseph Joshua Julian Justin Keith
+    Kevin Kyle Lance Lawrence Leo Leonard Lewis Liam Louis Lucas Luke Malcolm Marcus Mark Martin
+    Matthew Max Miles Milo Morgan Nathan Neil Nigel Noah Norman Oliver Oscar Owen Patrick Paul
+    Peter Philip Ralph Raymond Rex Richard Robert Roger Roland Ronald Rupert Russell Ryan Samuel
+    Scott Sebastian Seth Simon Stanley Stephen Steven Stuart Terence Theo Thomas Timothy Toby
+    Trevor Tristan Victor Vincent Wallace Walter Warren Wesley William Xavier Yusuf Zachary Ambrose
+    Barnaby Cedric Desmond Ewan Gilbert Humphrey Ignatius Jonas""".split()
 FAMILY_NAMES_EN = """Berg Brook Carter Dale Ellis Foster Grant Hale Hayes Irwin Jensen Keller Lane
     Marsh Moore Nash Olsen Parker Quinn Reed Shaw Tanner Vance Wade Walsh Young Bishop Cole
     Drake Holt Knox Lowe Mills Price Rhodes Sutton Turner Webb York Finch""".split()
@@ -372,8 +394,8 @@ class DataConfig:
     bios_per_person: int = 12
     stories_per_person: int = 6
     bilingual_per_person: int = 2
-    qa_docs: int = 300
-    general_docs: int = 3000
+    qa_docs: int = 1200
+    general_docs: int = 10000
     paraphrase: bool = True
     train_per_task: int = 400
     train_facts: int = 1200
@@ -393,9 +415,15 @@ class DataConfig:
             raise ValueError(f"DataConfig: num_cities must be <= {max_cities}")
 
 
-def _english_name(rng: random.Random, gender: str) -> str:
-    given = FEMALE_NAMES_EN if gender == "female" else MALE_NAMES_EN
-    return f"{rng.choice(given)} {rng.choice(FAMILY_NAMES_EN)}"
+def _english_names(rng: random.Random, genders: Sequence[str]) -> list[str]:
+    """One English name per gender in ``genders``: a first name nobody else has, a shared surname."""
+    pools = {"female": rng.sample(FEMALE_NAMES_EN, len(FEMALE_NAMES_EN)),
+             "male": rng.sample(MALE_NAMES_EN, len(MALE_NAMES_EN))}
+    for gender, pool in pools.items():
+        if genders.count(gender) > len(pool):
+            raise ValueError(f"make_world: {genders.count(gender)} {gender} people but only "
+                             f"{len(pool)} {gender} English first names")
+    return [f"{pools[gender].pop()} {rng.choice(FAMILY_NAMES_EN)}" for gender in genders]
 
 
 def _chinese_name(rng: random.Random, gender: str) -> str:
@@ -431,7 +459,7 @@ def make_world(seed: int = DEFAULT_SEED, config: DataConfig | None = None) -> Wo
         Term(p.en + s.en, p.zh + s.zh) for p, s in rng.sample(city_parts, config.num_cities)
     ]
     genders = [rng.choice(("female", "male")) for _ in range(config.num_people)]
-    names_en = _unique_names(rng, genders, _english_name)
+    names_en = _english_names(rng, genders)
     names_zh = _unique_names(rng, genders, _chinese_name)
     num_heldout = round(config.heldout_fraction * config.num_people)
     heldout = set(rng.sample(range(config.num_people), num_heldout))
@@ -836,16 +864,19 @@ def _lists_doc(rng: random.Random) -> list[str]:
     return [_list_line(rng) for _ in range(3)]
 
 
-# (kind, share of general_docs, generator of the document's lines)
+# (kind, share of general_docs, generator of the document's lines). The shares follow what
+# the skills need at this model size: experiments/dense_skills.py found that the 4M-parameter
+# base learns two-digit sums and sorting only from a few hundred thousand tokens of them, and
+# reversing or upper-casing a word is a fact about that word, learnt from enough sightings.
 _GENERAL_KINDS: tuple[tuple[str, float, Callable[[random.Random], list[str]]], ...] = (
-    ("dictionary", 0.30, _dictionary_doc),
-    ("spelling", 0.15, _spelling_doc),
-    ("arithmetic", 0.15, _arithmetic_doc),
-    ("numbers", 0.10, _numbers_doc),
-    ("sorting", 0.10, _sorting_doc),
-    ("counting", 0.08, _counting_doc),
-    ("lists", 0.08, _lists_doc),
-    ("alphabet", 0.04, _alphabet_doc),
+    ("arithmetic", 0.30, _arithmetic_doc),
+    ("spelling", 0.28, _spelling_doc),
+    ("sorting", 0.17, _sorting_doc),
+    ("dictionary", 0.10, _dictionary_doc),
+    ("lists", 0.06, _lists_doc),
+    ("numbers", 0.04, _numbers_doc),
+    ("counting", 0.03, _counting_doc),
+    ("alphabet", 0.02, _alphabet_doc),
 )
 
 
