@@ -140,10 +140,15 @@ FAMILY_NAMES_EN = """Berg Brook Carter Dale Ellis Foster Grant Hale Hayes Irwin 
     Marsh Moore Nash Olsen Parker Quinn Reed Shaw Tanner Vance Wade Walsh Young Bishop Cole
     Drake Holt Knox Lowe Mills Price Rhodes Sutton Turner Webb York Finch""".split()
 SURNAMES_ZH = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹"
-# Chinese given names are two characters: the first from the shared list or the gendered
-# one, the second from the gendered one. Characters that are dictionary words on their own
-# (花, 雪, 云...) are left out so that names do not collide with vocabulary.
-GIVEN_SHARED_ZH = "明华文宇晨思嘉平安宁佳"
+# Chinese given names are two characters: the first belongs to that person alone (so, as with
+# the English first names, one distinctive token points at one person), the second comes from
+# the gendered list. None of these characters occurs in the corpus outside names.
+GIVEN_FIRST_ZH = """柏宝蓓碧冰彬灿昌琛澄驰楚聪翠丹德迪栋恩帆方丰福馥庚冠贵桂涵瀚航豪皓荷恒弘鸿
+    虹桦徽惠霁佳嘉坚剑建健江姣锦晋京晶景靖菊珏君骏楷康珂坤岚蕾黎礼立莉廉琏良霖凌令龙露璐禄伦
+    曼茂枚梅萌蒙淼敏铭墨牧娜楠妮宁凝诺培沛佩琪奇启倩茜庆琼仁荣蓉瑞睿润若珊善尚韶绍申盛诗仕舒
+    曙朔硕颂素泰堂韬添庭彤桐童薇巍维蔚温雯武希曦熙贤娴宪湘祥翔骁晓笑信兴修秀旭萱宣轩璇勋雅亚
+    妍彦艳燕扬瑶野依仪宜艺益逸毅谊吟寅瑛莹影永咏优瑜宇羽玉钰煜元媛远岳越韵蕴泽增展湛彰昭臻振
+    征芝志致智忠洲竹卓梓宗遵""".replace("\n", "").replace(" ", "")
 GIVEN_FEMALE_ZH = "芳丽静娟霞玲婷怡琳悦欣洁淑慧颖萍"
 GIVEN_MALE_ZH = "伟强磊勇杰涛超刚鹏浩俊博军斌辉峰"
 
@@ -394,7 +399,7 @@ class DataConfig:
     bios_per_person: int = 12
     stories_per_person: int = 6
     bilingual_per_person: int = 2
-    qa_docs: int = 1200
+    qa_docs: int = 1500
     general_docs: int = 10000
     paraphrase: bool = True
     train_per_task: int = 400
@@ -416,7 +421,7 @@ class DataConfig:
 
 
 def _english_names(rng: random.Random, genders: Sequence[str]) -> list[str]:
-    """One English name per gender in ``genders``: a first name nobody else has, a shared surname."""
+    """One English name per gender in ``genders``: a first name of its own, a shared surname."""
     pools = {"female": rng.sample(FEMALE_NAMES_EN, len(FEMALE_NAMES_EN)),
              "male": rng.sample(MALE_NAMES_EN, len(MALE_NAMES_EN))}
     for gender, pool in pools.items():
@@ -426,28 +431,18 @@ def _english_names(rng: random.Random, genders: Sequence[str]) -> list[str]:
     return [f"{pools[gender].pop()} {rng.choice(FAMILY_NAMES_EN)}" for gender in genders]
 
 
-def _chinese_name(rng: random.Random, gender: str) -> str:
-    gendered = GIVEN_FEMALE_ZH if gender == "female" else GIVEN_MALE_ZH
-    first = rng.choice(GIVEN_SHARED_ZH + gendered)
-    return rng.choice(SURNAMES_ZH) + first + rng.choice(gendered.replace(first, ""))
-
-
-def _unique_names(
-    rng: random.Random, genders: Sequence[str], draw: Callable[[random.Random, str], str]
-) -> list[str]:
-    """One name per gender in ``genders``, redrawing any name already taken."""
-    names: list[str] = []
-    taken: set[str] = set()
-    for gender in genders:
-        for _ in range(1000):
-            name = draw(rng, gender)
-            if name not in taken:
-                break
-        else:
-            raise ValueError(f"make_world: ran out of distinct {gender} names ({draw.__name__})")
-        taken.add(name)
-        names.append(name)
-    return names
+def _chinese_names(rng: random.Random, genders: Sequence[str]) -> list[str]:
+    """One Chinese name per gender in ``genders``: surname, a first given character nobody else
+    has, and a gendered second character."""
+    if len(genders) > len(GIVEN_FIRST_ZH):
+        raise ValueError(f"make_world: {len(genders)} people but only {len(GIVEN_FIRST_ZH)} "
+                         "distinct first given characters")
+    firsts = rng.sample(GIVEN_FIRST_ZH, len(genders))
+    return [
+        rng.choice(SURNAMES_ZH) + first
+        + rng.choice(GIVEN_FEMALE_ZH if gender == "female" else GIVEN_MALE_ZH)
+        for first, gender in zip(firsts, genders, strict=True)
+    ]
 
 
 def make_world(seed: int = DEFAULT_SEED, config: DataConfig | None = None) -> World:
@@ -460,7 +455,7 @@ def make_world(seed: int = DEFAULT_SEED, config: DataConfig | None = None) -> Wo
     ]
     genders = [rng.choice(("female", "male")) for _ in range(config.num_people)]
     names_en = _english_names(rng, genders)
-    names_zh = _unique_names(rng, genders, _chinese_name)
+    names_zh = _chinese_names(rng, genders)
     num_heldout = round(config.heldout_fraction * config.num_people)
     heldout = set(rng.sample(range(config.num_people), num_heldout))
     people = []
@@ -604,7 +599,12 @@ class Document:
 
 
 _JOIN = {"en": " ", "zh": ""}
-_QA_LABELS = {"en": ("Question: ", "Answer: "), "zh": ("问：", "答：")}
+# A Q/A sheet either labels each line or puts the answer alone on the line after its
+# question. The second layout matters for chat: a ChatML reply starts a line, and byte-level
+# BPE spells a word at the start of a line ("Willowbrook" -> "Will", "owbrook") differently
+# from the same word after a space (" Willowbrook"), the way almost all running text has it.
+_QA_LAYOUTS = {"en": ("Question: {q}\nAnswer: {a}", "{q}\n{a}"),
+               "zh": ("问：{q}\n答：{a}", "{q}\n{a}")}
 _GENDER_WORDS = {"en": {"female": "female", "male": "male"}, "zh": {"female": "女", "male": "男"}}
 
 
@@ -638,9 +638,10 @@ def _bio(person: Person, lang: str, rng: random.Random, paraphrase: bool) -> Doc
     return Document(f"bio_{lang}", f"{header}\n{_JOIN[lang].join(sentences)}")
 
 
-def _profile(person: Person, lang: str) -> Document:
-    """An encyclopedia card: one field per line."""
-    sep = ": " if lang == "en" else "："
+def _profile(person: Person, lang: str, stacked: bool) -> Document:
+    """An encyclopedia card: ``label: value`` lines, or (``stacked``) each value on its own
+    line under its label, so that every fact also starts a line (see ``_QA_LAYOUTS``)."""
+    sep = "\n" if stacked else ": " if lang == "en" else "："
     labels = ("Name", "Chinese name", "Gender") if lang == "en" else ("姓名", "英文名", "性别")
     values = (person.name.text(lang), person.name.text(_other(lang)),
               _GENDER_WORDS[lang][person.gender])
@@ -726,10 +727,10 @@ def _city_doc(world: World, city: Term, lang: str, rng: random.Random) -> Docume
 def _qa_doc(
     person: Person, attrs: Sequence[Attribute], lang: str, rng: random.Random
 ) -> Document:
-    """Plain-text questions and answers (no ChatML), like a worksheet."""
-    q_label, a_label = _QA_LABELS[lang]
+    """Plain-text questions and answers (no ChatML), like a worksheet, in one of two layouts."""
+    layout = rng.choice(_QA_LAYOUTS[lang])
     pairs = [
-        f"{q_label}{question(person, a, lang, rng)}\n{a_label}{person.facts[a.key].text(lang)}"
+        layout.format(q=question(person, a, lang, rng), a=person.facts[a.key].text(lang))
         for a in attrs
     ]
     return Document("qa", "\n\n".join(pairs))
@@ -869,10 +870,10 @@ def _lists_doc(rng: random.Random) -> list[str]:
 # base learns two-digit sums and sorting only from a few hundred thousand tokens of them, and
 # reversing or upper-casing a word is a fact about that word, learnt from enough sightings.
 _GENERAL_KINDS: tuple[tuple[str, float, Callable[[random.Random], list[str]]], ...] = (
-    ("arithmetic", 0.30, _arithmetic_doc),
-    ("spelling", 0.28, _spelling_doc),
+    ("arithmetic", 0.36, _arithmetic_doc),
+    ("spelling", 0.24, _spelling_doc),
     ("sorting", 0.17, _sorting_doc),
-    ("dictionary", 0.10, _dictionary_doc),
+    ("dictionary", 0.08, _dictionary_doc),
     ("lists", 0.06, _lists_doc),
     ("numbers", 0.04, _numbers_doc),
     ("counting", 0.03, _counting_doc),
@@ -894,11 +895,12 @@ def split_fact_pairs(world: World, config: DataConfig) -> dict[str, list[tuple[i
 def pretrain_corpus(world: World, config: DataConfig | None = None) -> list[Document]:
     """Every pretraining document, in a seeded shuffled order.
 
-    Per person: ``bios_per_person`` biographies and a profile card in each language and
-    ``bilingual_per_person`` English/Chinese documents; about ``stories_per_person`` stories
-    per language feature each person; each city lists its residents. ``qa_docs`` plain-text
-    Q/A documents ask only about train facts (never held-out people), and ``general_docs``
-    documents teach what the tasks need: words, numbers, sums, spelling, sorting, counting.
+    Per person: ``bios_per_person`` biographies and two profile cards (both layouts) in each
+    language and ``bilingual_per_person`` English/Chinese documents; about
+    ``stories_per_person`` stories per language feature each person; each city lists its
+    residents. ``qa_docs`` plain-text Q/A documents (both layouts) ask only about train facts
+    (never held-out people), and ``general_docs`` documents teach what the tasks need: words,
+    numbers, sums, spelling, sorting, counting.
     """
     config = config or DataConfig()
     rng = random.Random(f"corpus-{world.seed}")
@@ -907,7 +909,7 @@ def pretrain_corpus(world: World, config: DataConfig | None = None) -> list[Docu
     for person in world.people:
         for lang in LANGS:
             docs += [_bio(person, lang, rng, para) for _ in range(config.bios_per_person)]
-            docs.append(_profile(person, lang))
+            docs += [_profile(person, lang, stacked) for stacked in (False, True)]
         docs += [_bilingual(person, rng, para) for _ in range(config.bilingual_per_person)]
     for lang in LANGS:
         for _ in range(config.stories_per_person * len(world.people) // 2):
