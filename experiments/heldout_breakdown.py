@@ -17,8 +17,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 from tinyllm_lib.checkpoint import load_pretrained
 from tinyllm_lib.cli import BASE_DIR, DATA_DIR
 from tinyllm_lib.data import load_conversations

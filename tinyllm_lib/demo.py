@@ -88,7 +88,10 @@ def run_demo(seed: int = 0, data_dir: Path = DATA_DIR) -> None:
     heading("5. A sampled conversation")
     sampling = SamplingConfig(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=40, seed=seed)
     messages: list[Message] = []
-    for user in (conversations[PER_TASK][-2]["content"], "What is 7 + 5?"):
+    # The questions of a two-turn test conversation: a fact, then a follow-up about the
+    # same person that only makes sense with the first turn in the context.
+    follow_up = conversations[tasks.index("multi_turn")]
+    for user in [message["content"] for message in follow_up if message["role"] == "user"]:
         messages.append({"role": "user", "content": user})
         print(f"user:      {user}\nassistant: ", end="")
         pieces = []
