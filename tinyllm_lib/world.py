@@ -601,8 +601,8 @@ class Document:
 _JOIN = {"en": " ", "zh": ""}
 # A Q/A sheet either labels each line or puts the answer alone on the line after its
 # question. The second layout matters for chat: a ChatML reply starts a line, and byte-level
-# BPE spells a word at the start of a line ("Willowbrook" -> "Will", "owbrook") differently
-# from the same word after a space (" Willowbrook"), the way almost all running text has it.
+# BPE spells a word at the start of a line ("Willowbrook") with other tokens than the same
+# word after a space (" Willowbrook"), the way almost all running text has it.
 _QA_LAYOUTS = {"en": ("Question: {q}\nAnswer: {a}", "{q}\n{a}"),
                "zh": ("问：{q}\n答：{a}", "{q}\n{a}")}
 _GENDER_WORDS = {"en": {"female": "female", "male": "male"}, "zh": {"female": "女", "male": "男"}}
