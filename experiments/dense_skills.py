@@ -2,12 +2,13 @@
 
     python experiments/dense_skills.py --steps 400     # about 5 minutes on 2 CPU cores
 
-``probe_base.py`` finds that the base cannot add two-digit numbers (2%) or sort numbers
-(0%) in its own pretraining phrasing: the corpus has a few thousand such lines among
-everything else. This experiment continues pretraining the base on the same kinds of
-lines, many more of them (``world.py``'s arithmetic and sorting phrasing), mixed with
-original corpus documents so the rest is not forgotten, and probes the two skills again
-with fresh numbers. It changes nothing shipped: the model is thrown away, the numbers go
+``probe_base.py`` found that the first shipped base (commit 6321d15) could not add
+two-digit numbers (2%) or sort numbers (0%) in its own pretraining phrasing: its corpus had
+a few thousand such lines among everything else. The saved results are from that base.
+This experiment continues pretraining the base on the same kinds of lines, many more of
+them (``world.py``'s arithmetic and sorting phrasing), mixed with original corpus
+documents so the rest is not forgotten, and probes the two skills again with fresh
+numbers. It changes nothing shipped: the model is thrown away, the numbers go
 to ``experiments/results/dense_skills.json``, one entry per ``--steps``. It tells the
 next base model's corpus what density a skill needs at this model size.
 """

@@ -15,16 +15,31 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from tinyllm_lib.checkpoint import load_pretrained
 from tinyllm_lib.cli import BASE_DIR, DATA_DIR
 from tinyllm_lib.data import load_conversations
-from tinyllm_lib.evaluate import greedy_reply
+from tinyllm_lib.evaluate import exact_match
 from tinyllm_lib.lora import load_adapter
-from tinyllm_lib.world import ATTRIBUTES, LANGS, make_world
+from tinyllm_lib.world import LANGS, Person, make_world
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fact_kind(question: str, answer: str, people: Sequence[Person]) -> str:
+    """The "<lang> <attribute>" a held-out question asks: whose name it holds, which fact answers.
+
+    A person's facts have distinct values (a lucky number is never the age), so the answer
+    names the attribute.
+    """
+    for person in people:
+        for lang in LANGS:
+            if person.name.text(lang) in question:
+                return next(f"{lang} {key}" for key, value in person.facts.items()
+                            if value.text(lang) == answer)
+    raise ValueError(f"no held-out person is named in {question!r}")
 
 
 def main() -> None:
@@ -32,25 +47,17 @@ def main() -> None:
     parser.add_argument("adapter", type=Path, help="a LoRA adapter trained on data/base")
     args = parser.parse_args()
 
-    world = make_world()  # the world data/ was generated from (the default seed)
-    # Which (language, attribute) a question asks: its person's name and the expected answer.
-    kind_of = {
-        (person.name.text(lang), person.facts[attr.key].text(lang)): (lang, attr.key)
-        for person in world.people if person.heldout for attr in ATTRIBUTES for lang in LANGS
-    }
+    heldout = [p for p in make_world().people if p.heldout]  # data/'s world (default seed)
+    conversations = load_conversations(DATA_DIR / "heldout_facts.jsonl")
+    kinds = [fact_kind(c[-2]["content"], c[-1]["content"], heldout) for c in conversations]
     model, tokenizer = load_pretrained(BASE_DIR)
     load_adapter(model, args.adapter)
-    model.eval()
-    total, correct = Counter(), Counter()
-    for messages in load_conversations(DATA_DIR / "heldout_facts.jsonl"):
-        question, expected = messages[-2]["content"], messages[-1]["content"]
-        # A person's facts have distinct values (a lucky number is never the age).
-        lang, attr = next(kind for (name, value), kind in kind_of.items()
-                          if name in question and value == expected)
-        got = greedy_reply(model, tokenizer, messages[:-1], max_new_tokens=16).strip()
-        for key in (lang, f"{lang} {attr}"):
-            total[key] += 1
-            correct[key] += got == expected
+    report = exact_match(model, tokenizer, conversations, kinds)
+    total, correct = Counter(report.total), Counter(report.correct)
+    for kind in report.total:  # add the per-language sums
+        lang = kind.split()[0]
+        total[lang] += report.total[kind]
+        correct[lang] += report.correct[kind]
     accuracy = {key: round(correct[key] / total[key], 3) for key in sorted(total)}
     for key, value in accuracy.items():
         print(f"{key:18s} {value:6.1%}  ({correct[key]}/{total[key]})")

@@ -866,9 +866,10 @@ def _lists_doc(rng: random.Random) -> list[str]:
 
 
 # (kind, share of general_docs, generator of the document's lines). The shares follow what
-# the skills need at this model size: experiments/dense_skills.py found that the 4M-parameter
-# base learns two-digit sums and sorting only from a few hundred thousand tokens of them, and
-# reversing or upper-casing a word is a fact about that word, learnt from enough sightings.
+# the skills need at this model size: experiments/dense_skills.py took the first 4M-parameter
+# base from 2% to 63% on two-digit sums and from 0% to 97% on sorting with 12,000 extra
+# documents of them, and reversing or upper-casing a word is a fact about that word, learnt
+# from enough sightings.
 _GENERAL_KINDS: tuple[tuple[str, float, Callable[[random.Random], list[str]]], ...] = (
     ("arithmetic", 0.36, _arithmetic_doc),
     ("spelling", 0.24, _spelling_doc),
