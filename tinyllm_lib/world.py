@@ -400,9 +400,9 @@ class DataConfig:
     stories_per_person: int = 6
     bilingual_per_person: int = 2
     qa_docs: int = 1500
-    general_docs: int = 10000
+    general_docs: int = 21000
     paraphrase: bool = True
-    train_per_task: int = 400
+    train_per_task: int = 800
     train_facts: int = 1200
     val_per_task: int = 50
     test_per_task: int = 50
@@ -606,6 +606,8 @@ _JOIN = {"en": " ", "zh": ""}
 _QA_LAYOUTS = {"en": ("Question: {q}\nAnswer: {a}", "{q}\n{a}"),
                "zh": ("问：{q}\n答：{a}", "{q}\n{a}")}
 _GENDER_WORDS = {"en": {"female": "female", "male": "male"}, "zh": {"female": "女", "male": "男"}}
+PROFILE_LAYOUTS = {"en": ("labelled", "stacked", "json", "capitals"),
+                   "zh": ("labelled", "stacked", "json")}
 
 
 def _other(lang: str) -> str:
@@ -638,16 +640,26 @@ def _bio(person: Person, lang: str, rng: random.Random, paraphrase: bool) -> Doc
     return Document(f"bio_{lang}", f"{header}\n{_JOIN[lang].join(sentences)}")
 
 
-def _profile(person: Person, lang: str, stacked: bool) -> Document:
-    """An encyclopedia card: ``label: value`` lines, or (``stacked``) each value on its own
-    line under its label, so that every fact also starts a line (see ``_QA_LAYOUTS``)."""
-    sep = "\n" if stacked else ": " if lang == "en" else "："
+def _profile(person: Person, lang: str, layout: str) -> Document:
+    """An encyclopedia card, in one of ``PROFILE_LAYOUTS``.
+
+    ``labelled``: ``label: value`` lines. ``stacked``: each value on its own line under its
+    label, so that every fact also starts a line (see ``_QA_LAYOUTS``). ``json``: the record
+    as a data export holds it, so a value inside ``{"answer": "..."}`` has been seen between
+    JSON quotes. ``capitals``: the labelled card in capital letters (English only), the
+    corpus's one place for ``WILLOWBROOK``: a capitalised word is spelled with other tokens.
+    """
     labels = ("Name", "Chinese name", "Gender") if lang == "en" else ("姓名", "英文名", "性别")
-    values = (person.name.text(lang), person.name.text(_other(lang)),
-              _GENDER_WORDS[lang][person.gender])
-    lines = [f"{label}{sep}{value}" for label, value in zip(labels, values, strict=True)]
-    lines += [f"{a.label.text(lang)}{sep}{person.facts[a.key].text(lang)}" for a in ATTRIBUTES]
-    return Document(f"profile_{lang}", "\n".join(lines))
+    fields = [*labels, *(a.label.text(lang) for a in ATTRIBUTES)]
+    values = [person.name.text(lang), person.name.text(_other(lang)),
+              _GENDER_WORDS[lang][person.gender],
+              *(person.facts[a.key].text(lang) for a in ATTRIBUTES)]
+    if layout == "json":
+        record = dict(zip(fields, values, strict=True))
+        return Document(f"profile_{lang}", json.dumps(record, ensure_ascii=False, indent=1))
+    sep = "\n" if layout == "stacked" else ": " if lang == "en" else "："
+    text = "\n".join(f"{field}{sep}{value}" for field, value in zip(fields, values, strict=True))
+    return Document(f"profile_{lang}", text.upper() if layout == "capitals" else text)
 
 
 def _bilingual(person: Person, rng: random.Random, paraphrase: bool) -> Document:
@@ -771,19 +783,23 @@ def _counting_doc(rng: random.Random) -> list[str]:
 
 
 def _arithmetic_doc(rng: random.Random) -> list[str]:
+    """Twenty sums and differences of numbers below 100, most in symbols (``a + b = c``).
+
+    One phrasing seen often teaches the computation faster than six seen rarely
+    (``experiments/dense_skills.py``); the worded lines tie it to the words that questions use.
+    """
     lines = []
-    for _ in range(10):
+    for _ in range(20):
         a, b = rng.randint(0, 99), rng.randint(0, 99)
-        if rng.random() < 0.5:
-            lines.append(rng.choice((
-                f"{a} + {b} = {a + b}", f"{a} plus {b} equals {a + b}.", f"{a}加{b}等于{a + b}。",
-            )))
-        else:
+        op = rng.choice(("+", "-"))
+        if op == "-":
             a, b = max(a, b), min(a, b)
-            lines.append(rng.choice((
-                f"{a} - {b} = {a - b}", f"{a} minus {b} equals {a - b}.",
-                f"{a}减{b}等于{a - b}。",
-            )))
+        c = _apply(a, op, b)
+        if rng.random() < 0.7:
+            lines.append(f"{a} {op} {b} = {c}")
+        else:
+            word = _OPS[op]
+            lines.append(rng.choice((f"{a} {word.en} {b} equals {c}.", f"{a}{word.zh}{b}等于{c}。")))
     return lines
 
 
@@ -867,18 +883,20 @@ def _lists_doc(rng: random.Random) -> list[str]:
 
 # (kind, share of general_docs, generator of the document's lines). The shares follow what
 # the skills need at this model size: experiments/dense_skills.py took the first 4M-parameter
-# base from 2% to 63% on two-digit sums and from 0% to 97% on sorting with 12,000 extra
-# documents of them, and reversing or upper-casing a word is a fact about that word, learnt
-# from enough sightings.
+# base (commit 6321d15) from 2% to 63% on two-digit sums and from 0% to 97% on sorting with
+# 12,000 extra documents of them. The third base (commit 6ab48f9) had 10,000 of these
+# documents with sums in six phrasings and still probed at 8% on sums and 48% on sorting;
+# this corpus has about three times its symbolic sums and twice its sorted lists. Reversing
+# or upper-casing a word is a fact about that word, learnt from enough sightings.
 _GENERAL_KINDS: tuple[tuple[str, float, Callable[[random.Random], list[str]]], ...] = (
-    ("arithmetic", 0.36, _arithmetic_doc),
-    ("spelling", 0.24, _spelling_doc),
-    ("sorting", 0.17, _sorting_doc),
-    ("dictionary", 0.08, _dictionary_doc),
-    ("lists", 0.06, _lists_doc),
-    ("numbers", 0.04, _numbers_doc),
-    ("counting", 0.03, _counting_doc),
-    ("alphabet", 0.02, _alphabet_doc),
+    ("arithmetic", 0.34, _arithmetic_doc),
+    ("spelling", 0.26, _spelling_doc),
+    ("sorting", 0.18, _sorting_doc),
+    ("lists", 0.08, _lists_doc),
+    ("dictionary", 0.065, _dictionary_doc),
+    ("counting", 0.035, _counting_doc),
+    ("numbers", 0.03, _numbers_doc),
+    ("alphabet", 0.01, _alphabet_doc),
 )
 
 
@@ -896,8 +914,8 @@ def split_fact_pairs(world: World, config: DataConfig) -> dict[str, list[tuple[i
 def pretrain_corpus(world: World, config: DataConfig | None = None) -> list[Document]:
     """Every pretraining document, in a seeded shuffled order.
 
-    Per person: ``bios_per_person`` biographies and two profile cards (both layouts) in each
-    language and ``bilingual_per_person`` English/Chinese documents; about
+    Per person: ``bios_per_person`` biographies and a profile card in each of
+    ``PROFILE_LAYOUTS`` per language and ``bilingual_per_person`` English/Chinese documents; about
     ``stories_per_person`` stories per language feature each person; each city lists its
     residents. ``qa_docs`` plain-text Q/A documents (both layouts) ask only about train facts
     (never held-out people), and ``general_docs`` documents teach what the tasks need: words,
@@ -910,7 +928,7 @@ def pretrain_corpus(world: World, config: DataConfig | None = None) -> list[Docu
     for person in world.people:
         for lang in LANGS:
             docs += [_bio(person, lang, rng, para) for _ in range(config.bios_per_person)]
-            docs += [_profile(person, lang, stacked) for stacked in (False, True)]
+            docs += [_profile(person, lang, layout) for layout in PROFILE_LAYOUTS[lang]]
         docs += [_bilingual(person, rng, para) for _ in range(config.bilingual_per_person)]
     for lang in LANGS:
         for _ in range(config.stories_per_person * len(world.people) // 2):
