@@ -40,6 +40,11 @@ def arithmetic(rng: random.Random) -> Probe:
     return f"{a} + {b} =", f" {a + b}"
 
 
+def subtraction(rng: random.Random) -> Probe:
+    a, b = sorted((rng.randint(0, 99), rng.randint(0, 99)), reverse=True)
+    return f"{a} - {b} =", f" {a - b}"
+
+
 def sort_numbers(rng: random.Random) -> Probe:
     numbers = rng.sample(range(100), rng.randint(3, 5))
     return (f"The numbers {', '.join(map(str, numbers))} from smallest to largest:",
@@ -62,6 +67,13 @@ def translate(rng: random.Random) -> Probe:
     return f"The Chinese word for {term.en} is", f" {term.zh}"
 
 
+def city_in_capitals(rng: random.Random) -> Probe:
+    """The home city as the corpus's capitals profile card states it, for a held-out person."""
+    person = rng.choice([p for p in WORLD.people if p.heldout])
+    head = f"NAME: {person.name.en}\nCHINESE NAME: {person.name.zh}\nGENDER: {person.gender}"
+    return f"{head}\nHOME CITY:".upper(), f" {person.facts['city'].en.upper()}"
+
+
 def fact(rng: random.Random, heldout: bool, lang: str) -> Probe:
     person = rng.choice([p for p in WORLD.people if p.heldout == heldout])
     city = person.facts["city"]
@@ -72,6 +84,7 @@ def fact(rng: random.Random, heldout: bool, lang: str) -> Probe:
 
 SKILLS: dict[str, ProbeMaker] = {
     "arithmetic (a + b =)": arithmetic,
+    "arithmetic (a - b =)": subtraction,
     "sort (smallest to largest)": sort_numbers,
     "string (uppercase)": uppercase,
     "count (letter in a word; most answers are 1)": count_letter,
@@ -80,13 +93,16 @@ SKILLS: dict[str, ProbeMaker] = {
     "facts: city, instruction-data people, zh": lambda rng: fact(rng, False, "zh"),
     "facts: city, held-out people, en": lambda rng: fact(rng, True, "en"),
     "facts: city, held-out people, zh": lambda rng: fact(rng, True, "zh"),
+    "facts: city in capitals, held-out people": city_in_capitals,
 }
 
 
 def skill_accuracy(model: nn.Module, tokenizer: Tokenizer, make: ProbeMaker) -> float:
-    """Share of ``PROBES_PER_SKILL`` probes whose greedy continuation starts as expected.
+    """Share of ``PROBES_PER_SKILL`` probes whose greedy continuation is the expected answer.
 
-    The probes are drawn from a fixed seed, so every call asks the same questions.
+    The continuation must start with it and not go on with a letter or digit (" 10" is not
+    the start of a right " 100"). The probes are drawn from a fixed seed, so every call asks
+    the same questions.
     """
     rng = random.Random(0)
     correct = 0
@@ -95,7 +111,8 @@ def skill_accuracy(model: nn.Module, tokenizer: Tokenizer, make: ProbeMaker) -> 
         budget = len(tokenizer.encode(expected)) + 2
         new = list(generate(model, tokenizer.encode(prompt), temperature=0,
                             max_new_tokens=budget))
-        correct += tokenizer.decode(new).startswith(expected)
+        text = tokenizer.decode(new)
+        correct += text.startswith(expected) and not text[len(expected):][:1].isalnum()
     return correct / PROBES_PER_SKILL
 
 
