@@ -799,7 +799,8 @@ def _arithmetic_doc(rng: random.Random) -> list[str]:
             lines.append(f"{a} {op} {b} = {c}")
         else:
             word = _OPS[op]
-            lines.append(rng.choice((f"{a} {word.en} {b} equals {c}.", f"{a}{word.zh}{b}等于{c}。")))
+            lines.append(rng.choice((f"{a} {word.en} {b} equals {c}.",
+                                     f"{a}{word.zh}{b}等于{c}。")))
     return lines
 
 
