@@ -410,3 +410,22 @@ def test_load_corpus_and_config_errors_name_the_fault(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="task 'facts'"):
         write_dataset(tmp_path / "big", config=DataConfig(**(SMALL.__dict__
                                                             | {"test_per_task": 200})))
+
+
+def test_json_and_capitals_profile_cards_hold_every_fact(data: dict) -> None:
+    """Each person has a JSON record per language whose values are their facts, and an
+    English card in capitals: the corpus's only source of facts in those two forms."""
+    records = {}
+    capitals = set()
+    for doc in data["corpus"]:
+        if doc["kind"].startswith("profile_") and doc["text"].startswith("{"):
+            record = json.loads(doc["text"])
+            records[doc["kind"][-2:], next(iter(record.values()))] = set(record.values())
+        elif doc["kind"] == "profile_en" and doc["text"] == doc["text"].upper():
+            capitals.add(doc["text"])
+    for person in data["world"]["people"]:
+        for lang in ("en", "zh"):
+            values = records[lang, person[f"name_{lang}"]]
+            assert {v[lang] for v in person["facts"].values()} <= values, (person, lang)
+        card = next(c for c in capitals if c.startswith(f"NAME: {person['name_en'].upper()}\n"))
+        assert f"\nHOME CITY: {person['facts']['city']['en'].upper()}\n" in card
