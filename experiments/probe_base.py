@@ -25,7 +25,7 @@ from tinyllm_lib.checkpoint import load_pretrained
 from tinyllm_lib.cli import BASE_DIR
 from tinyllm_lib.sampling import generate
 from tinyllm_lib.tokenizer import Tokenizer
-from tinyllm_lib.world import DICTIONARY, SPELLING_WORDS, make_world
+from tinyllm_lib.world import DICTIONARY, SPELLING_WORDS, make_world, profile_card
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBES_PER_SKILL = 100
@@ -70,8 +70,9 @@ def translate(rng: random.Random) -> Probe:
 def city_in_capitals(rng: random.Random) -> Probe:
     """The home city as the corpus's capitals profile card states it, for a held-out person."""
     person = rng.choice([p for p in WORLD.people if p.heldout])
-    head = f"NAME: {person.name.en}\nCHINESE NAME: {person.name.zh}\nGENDER: {person.gender}"
-    return f"{head}\nHOME CITY:".upper(), f" {person.facts['city'].en.upper()}"
+    card = profile_card(person, "en", "capitals").text
+    prompt = card[:card.index("HOME CITY:") + len("HOME CITY:")]
+    return prompt, f" {person.facts['city'].en.upper()}"
 
 
 def fact(rng: random.Random, heldout: bool, lang: str) -> Probe:

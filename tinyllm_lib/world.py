@@ -640,7 +640,7 @@ def _bio(person: Person, lang: str, rng: random.Random, paraphrase: bool) -> Doc
     return Document(f"bio_{lang}", f"{header}\n{_JOIN[lang].join(sentences)}")
 
 
-def _profile(person: Person, lang: str, layout: str) -> Document:
+def profile_card(person: Person, lang: str, layout: str) -> Document:
     """An encyclopedia card, in one of ``PROFILE_LAYOUTS``.
 
     ``labelled``: ``label: value`` lines. ``stacked``: each value on its own line under its
@@ -785,8 +785,8 @@ def _counting_doc(rng: random.Random) -> list[str]:
 def _arithmetic_doc(rng: random.Random) -> list[str]:
     """Twenty sums and differences of numbers below 100, most in symbols (``a + b = c``).
 
-    One phrasing seen often teaches the computation faster than six seen rarely
-    (``experiments/dense_skills.py``); the worded lines tie it to the words that questions use.
+    The symbols are the phrasing that ``experiments/dense_skills.py`` taught sums with; the
+    worded lines tie the computation to the words that questions use.
     """
     lines = []
     for _ in range(20):
@@ -887,7 +887,8 @@ def _lists_doc(rng: random.Random) -> list[str]:
 # base (commit 6321d15) from 2% to 63% on two-digit sums and from 0% to 97% on sorting with
 # 12,000 extra documents of them. The third base (commit 6ab48f9) had 10,000 of these
 # documents with sums in six phrasings and still probed at 8% on sums and 48% on sorting;
-# this corpus has about three times its symbolic sums and twice its sorted lists. Reversing
+# this corpus has about eight times its symbolic sums (about 100,000 lines of ``a + b = c``
+# or ``a - b = c``) and twice its sorted lists. Reversing
 # or upper-casing a word is a fact about that word, learnt from enough sightings.
 _GENERAL_KINDS: tuple[tuple[str, float, Callable[[random.Random], list[str]]], ...] = (
     ("arithmetic", 0.34, _arithmetic_doc),
@@ -929,7 +930,7 @@ def pretrain_corpus(world: World, config: DataConfig | None = None) -> list[Docu
     for person in world.people:
         for lang in LANGS:
             docs += [_bio(person, lang, rng, para) for _ in range(config.bios_per_person)]
-            docs += [_profile(person, lang, layout) for layout in PROFILE_LAYOUTS[lang]]
+            docs += [profile_card(person, lang, layout) for layout in PROFILE_LAYOUTS[lang]]
         docs += [_bilingual(person, rng, para) for _ in range(config.bilingual_per_person)]
     for lang in LANGS:
         for _ in range(config.stories_per_person * len(world.people) // 2):
