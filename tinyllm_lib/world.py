@@ -397,6 +397,7 @@ class DataConfig:
     num_cities: int = 24
     heldout_fraction: float = 0.25
     bios_per_person: int = 12
+    capital_bios_per_person: int = 3
     stories_per_person: int = 6
     bilingual_per_person: int = 2
     qa_docs: int = 1500
@@ -640,6 +641,17 @@ def _bio(person: Person, lang: str, rng: random.Random, paraphrase: bool) -> Doc
     return Document(f"bio_{lang}", f"{header}\n{_JOIN[lang].join(sentences)}")
 
 
+def _capital_bio(person: Person, rng: random.Random, paraphrase: bool) -> Document:
+    """An English biography in capital letters, as a headline or a form shouts it.
+
+    A capitalised word is spelled with other tokens than the word itself (``WILLOWBROOK``
+    against ``Willowbrook``), so answering in uppercase needs each fact seen in capitals. The
+    capitals profile card alone (one per person) did not teach it: base v4 probed at 6%.
+    """
+    bio = _bio(person, "en", rng, paraphrase)
+    return Document("bio_en_capitals", bio.text.upper())
+
+
 def profile_card(person: Person, lang: str, layout: str) -> Document:
     """An encyclopedia card, in one of ``PROFILE_LAYOUTS``.
 
@@ -748,6 +760,17 @@ def _qa_doc(
     return Document("qa", "\n\n".join(pairs))
 
 
+def _worksheet(question_text: str, answer: str) -> str:
+    """A question in a user's words with its answer alone on the next line.
+
+    The same remedy as the ``{q}\n{a}`` layout of ``_QA_LAYOUTS``: a skill stored only as
+    ``65 + 35 = 100`` is stored in other words and other tokens than the chat's
+    ``What is 65 + 35?`` and a reply that starts a line. The computed-skill generators below
+    ask with the instruction tasks' own question functions.
+    """
+    return f"{question_text}\n{answer}"
+
+
 # General text the instruction tasks build on: numbers, arithmetic, words, letters, lists.
 
 
@@ -783,10 +806,13 @@ def _counting_doc(rng: random.Random) -> list[str]:
 
 
 def _arithmetic_doc(rng: random.Random) -> list[str]:
-    """Twenty sums and differences of numbers below 100, most in symbols (``a + b = c``).
+    """Twenty sums and differences of numbers below 100: in symbols (``a + b = c``), in
+    words, and as a worksheet that asks the way a user does.
 
-    The symbols are the phrasing that ``experiments/dense_skills.py`` taught sums with; the
-    worded lines tie the computation to the words that questions use.
+    The symbols are the phrasing that ``experiments/dense_skills.py`` taught sums with. The
+    worksheet lines (``What is 65 + 35?`` with ``100`` alone on the next line) ask with the
+    arithmetic task's own question templates, so the skill is stored in the phrasing that
+    chat uses; see ``_worksheet``.
     """
     lines = []
     for _ in range(20):
@@ -795,12 +821,15 @@ def _arithmetic_doc(rng: random.Random) -> list[str]:
         if op == "-":
             a, b = max(a, b), min(a, b)
         c = _apply(a, op, b)
-        if rng.random() < 0.7:
+        r = rng.random()
+        if r < 0.45:
             lines.append(f"{a} {op} {b} = {c}")
-        else:
+        elif r < 0.6:
             word = _OPS[op]
             lines.append(rng.choice((f"{a} {word.en} {b} equals {c}.",
                                      f"{a}{word.zh}{b}等于{c}。")))
+        else:
+            lines.append(_worksheet(_arithmetic_question(a, op, b, rng.choice(LANGS), rng), str(c)))
     return lines
 
 
@@ -821,6 +850,7 @@ def _spelling_doc(rng: random.Random) -> list[str]:
     for word in rng.sample(SPELLING_WORDS, 6):
         letter = rng.choice(word)
         times = word.count(letter)
+        lang = rng.choice(LANGS)
         lines.append(rng.choice((
             f"{word} is spelled {'-'.join(word)}.", f"{word} has {len(word)} letters.",
             f"{word}有{len(word)}个字母。", f"{word} backwards is {word[::-1]}.",
@@ -828,29 +858,37 @@ def _spelling_doc(rng: random.Random) -> list[str]:
             f"{word}的大写是{word.upper()}。",
             f"The letter {letter} appears {times} time{'s' if times > 1 else ''} in {word}.",
             f"字母{letter}在{word}中出现了{times}次。",
+            _worksheet(_string_question("reverse", word, lang, rng), word[::-1]),
+            _worksheet(_string_question("upper", word, lang, rng), word.upper()),
+            _worksheet(*_count_question(("letters", word), lang, rng)),
+            _worksheet(*_count_question(("letter", word, letter), lang, rng)),
         )))
     return lines
 
 
 def _sorting_doc(rng: random.Random) -> list[str]:
+    """Five sorted lists: half as statements, half as a worksheet in the sort task's words."""
     lines = []
     for _ in range(5):
         if rng.random() < 0.5:
-            numbers = rng.sample(range(100), rng.randint(3, 5))
-            shown, up = ", ".join(map(str, numbers)), ", ".join(map(str, sorted(numbers)))
-            down = ", ".join(map(str, sorted(numbers, reverse=True)))
-            lines.append(rng.choice((
-                f"The numbers {shown} from smallest to largest: {up}.",
-                f"The numbers {shown} from largest to smallest: {down}.",
-                f"{shown}从小到大排列是：{up}。", f"{shown}从大到小排列是：{down}。",
-            )))
+            kind, direction = "numbers", rng.choice(("up", "down"))
+            items = rng.sample(range(100), rng.randint(3, 5))
         else:
-            words = rng.sample(SPELLING_WORDS, rng.randint(3, 5))
-            shown, ordered = ", ".join(words), ", ".join(sorted(words))
-            lines.append(rng.choice((
-                f"The words {shown} in alphabetical order: {ordered}.",
-                f"{shown}按字母顺序排列是：{ordered}。",
-            )))
+            kind, direction = "words", "up"
+            items = rng.sample(SPELLING_WORDS, rng.randint(3, 5))
+        shown, answer = ", ".join(map(str, items)), _sorted_answer(items, direction)
+        if rng.random() < 0.5:
+            lines.append(_worksheet(_sort_question(kind, direction, items, rng.choice(LANGS), rng),
+                                    answer))
+        elif kind == "words":
+            lines.append(rng.choice((f"The words {shown} in alphabetical order: {answer}.",
+                                     f"{shown}按字母顺序排列是：{answer}。")))
+        elif direction == "up":
+            lines.append(rng.choice((f"The numbers {shown} from smallest to largest: {answer}.",
+                                     f"{shown}从小到大排列是：{answer}。")))
+        else:
+            lines.append(rng.choice((f"The numbers {shown} from largest to smallest: {answer}.",
+                                     f"{shown}从大到小排列是：{answer}。")))
     return lines
 
 
@@ -868,13 +906,14 @@ def _alphabet_doc(rng: random.Random) -> list[str]:
 
 
 def _list_line(rng: random.Random) -> str:
-    items = rng.sample(OBJECTS, rng.randint(2, 8))
-    n = len(items)
+    indices = tuple(rng.sample(range(len(OBJECTS)), rng.randint(2, 8)))
+    items, n = [OBJECTS[i] for i in indices], len(indices)
     return rng.choice((
         f"A shopping list: {', '.join(t.en for t in items)}. That is {n} items.",
         f"购物清单：{'、'.join(t.zh for t in items)}。一共有{n}样东西。",
         f"In the box there are: {', '.join(t.en for t in items)}. Counting them gives {n}.",
         f"盒子里有：{'、'.join(t.zh for t in items)}。数一数，一共{n}样。",
+        _worksheet(*_count_question(("items", indices), rng.choice(LANGS), rng)),
     ))
 
 
@@ -930,6 +969,9 @@ def pretrain_corpus(world: World, config: DataConfig | None = None) -> list[Docu
     for person in world.people:
         for lang in LANGS:
             docs += [_bio(person, lang, rng, para) for _ in range(config.bios_per_person)]
+            if lang == "en":
+                docs += [_capital_bio(person, rng, para)
+                         for _ in range(config.capital_bios_per_person)]
             docs += [profile_card(person, lang, layout) for layout in PROFILE_LAYOUTS[lang]]
         docs += [_bilingual(person, rng, para) for _ in range(config.bilingual_per_person)]
     for lang in LANGS:
@@ -1098,6 +1140,17 @@ _SORT_QUESTIONS = {
 }
 
 
+def _sort_question(
+    kind: str, direction: str, shown: Sequence[Any], lang: str, rng: random.Random
+) -> str:
+    template = rng.choice(_SORT_QUESTIONS[kind, direction, lang])
+    return template.format(items=", ".join(map(str, shown)))
+
+
+def _sorted_answer(items: Sequence[Any], direction: str) -> str:
+    return ", ".join(map(str, sorted(items, reverse=direction == "down")))
+
+
 def _sort_family(rng: random.Random, count: int) -> TaskFamily:
     """Sort 3-5 numbers (either direction) or words; a key is the sorted items."""
 
@@ -1112,11 +1165,8 @@ def _sort_family(rng: random.Random, count: int) -> TaskFamily:
         kind, direction, items = key
         shown = list(items)
         rng.shuffle(shown)
-        lang = rng.choice(LANGS)
-        text = rng.choice(_SORT_QUESTIONS[kind, direction, lang]).format(
-            items=", ".join(map(str, shown)))
-        answer = ", ".join(map(str, items if direction == "up" else items[::-1]))
-        return _chat("sort", text, answer)
+        return _chat("sort", _sort_question(kind, direction, shown, rng.choice(LANGS), rng),
+                     _sorted_answer(items, direction))
 
     return TaskFamily("sort", _sample_keys(rng, count, draw), render)
 
@@ -1133,6 +1183,18 @@ _COUNT_QUESTIONS = {
 }
 
 
+def _count_question(key: Key, lang: str, rng: random.Random) -> tuple[str, str]:
+    """The question and its answer for a count key: ``("letters", word)``,
+    ``("letter", word, letter)`` or ``("items", object indices)``."""
+    template = rng.choice(_COUNT_QUESTIONS[key[0], lang])
+    if key[0] == "letters":
+        return template.format(w=key[1]), str(len(key[1]))
+    if key[0] == "letter":
+        return template.format(w=key[1], c=key[2]), str(key[1].count(key[2]))
+    sep = ", " if lang == "en" else "、"
+    return template.format(items=sep.join(OBJECTS[i].text(lang) for i in key[1])), str(len(key[1]))
+
+
 def _count_family(rng: random.Random, count: int) -> TaskFamily:
     """Count the letters of a word, one letter in a word, or the items of a list."""
     letters_keys = [("letters", w) for w in SPELLING_WORDS]
@@ -1145,15 +1207,7 @@ def _count_family(rng: random.Random, count: int) -> TaskFamily:
         return ("items", tuple(rng.sample(range(len(OBJECTS)), rng.randint(2, 8))))
 
     def render(key: Key, rng: random.Random) -> Example:
-        lang = rng.choice(LANGS)
-        template = rng.choice(_COUNT_QUESTIONS[key[0], lang])
-        if key[0] == "letters":
-            return _chat("count", template.format(w=key[1]), str(len(key[1])))
-        if key[0] == "letter":
-            return _chat("count", template.format(w=key[1], c=key[2]), str(key[1].count(key[2])))
-        sep = ", " if lang == "en" else "、"
-        items = sep.join(OBJECTS[i].text(lang) for i in key[1])
-        return _chat("count", template.format(items=items), str(len(key[1])))
+        return _chat("count", *_count_question(key, rng.choice(LANGS), rng))
 
     return TaskFamily("count", letters_keys + _sample_keys(rng, count, draw), render)
 
