@@ -4,12 +4,12 @@
 
 Instruction tuning teaches a format; it can only draw out a skill the base already has.
 This script asks the base for each instruction task's skill in the pretraining corpus's
-own phrasing (``world.py``'s general documents), e.g. ``"65 + 35 ="`` for arithmetic,
-and scores the greedy continuation by exact match. A prompt stops before the space that
-starts the answer, because byte-level BPE joins a space to the word after it (" 100").
-A family whose skill the base lacks in plain text is one that LoRA on the base cannot be
-expected to teach. Results go to
-``experiments/results/probe_base.json``.
+own phrasing (``world.py``'s general documents), e.g. ``"65 + 35 ="`` for arithmetic, or
+in a worksheet's (a question in the task's words, the answer on the next line), and scores
+the greedy continuation by exact match. A prompt stops before the space that starts the
+answer, because byte-level BPE joins a space to the word after it (" 100"). A family whose
+skill the base lacks in plain text is one that LoRA on the base cannot be expected to
+teach. Results go to ``experiments/results/probe_base.json``.
 """
 
 from __future__ import annotations
@@ -45,10 +45,22 @@ def subtraction(rng: random.Random) -> Probe:
     return f"{a} - {b} =", f" {a - b}"
 
 
+def arithmetic_worksheet(rng: random.Random) -> Probe:
+    """A sum asked the way the chat asks it, answered at the start of the next line."""
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    return f"What is {a} + {b}?\n", f"{a + b}"
+
+
 def sort_numbers(rng: random.Random) -> Probe:
     numbers = rng.sample(range(100), rng.randint(3, 5))
     return (f"The numbers {', '.join(map(str, numbers))} from smallest to largest:",
             " " + ", ".join(map(str, sorted(numbers))))
+
+
+def sort_worksheet(rng: random.Random) -> Probe:
+    numbers = rng.sample(range(100), rng.randint(3, 5))
+    return (f"Sort these numbers from smallest to largest: {', '.join(map(str, numbers))}\n",
+            ", ".join(map(str, sorted(numbers))))
 
 
 def uppercase(rng: random.Random) -> Probe:
@@ -75,6 +87,12 @@ def city_in_capitals(rng: random.Random) -> Probe:
     return prompt, f" {person.facts['city'].en.upper()}"
 
 
+def city_in_capital_sentence(rng: random.Random) -> Probe:
+    """The home city in a sentence in capitals, as the capitals biographies state it."""
+    person = rng.choice([p for p in WORLD.people if p.heldout])
+    return f"{person.name.en.upper()} LIVES IN", f" {person.facts['city'].en.upper()}"
+
+
 def fact(rng: random.Random, heldout: bool, lang: str) -> Probe:
     person = rng.choice([p for p in WORLD.people if p.heldout == heldout])
     city = person.facts["city"]
@@ -86,7 +104,9 @@ def fact(rng: random.Random, heldout: bool, lang: str) -> Probe:
 SKILLS: dict[str, ProbeMaker] = {
     "arithmetic (a + b =)": arithmetic,
     "arithmetic (a - b =)": subtraction,
+    "arithmetic worksheet (What is a + b?)": arithmetic_worksheet,
     "sort (smallest to largest)": sort_numbers,
+    "sort worksheet (Sort these numbers ...)": sort_worksheet,
     "string (uppercase)": uppercase,
     "count (letter in a word; most answers are 1)": count_letter,
     "translate (en -> zh)": translate,
@@ -95,6 +115,7 @@ SKILLS: dict[str, ProbeMaker] = {
     "facts: city, held-out people, en": lambda rng: fact(rng, True, "en"),
     "facts: city, held-out people, zh": lambda rng: fact(rng, True, "zh"),
     "facts: city in capitals, held-out people": city_in_capitals,
+    "facts: city in a capitals sentence, held-out people": city_in_capital_sentence,
 }
 
 

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -429,3 +430,32 @@ def test_json_and_capitals_profile_cards_hold_every_fact(data: dict) -> None:
             assert {v[lang] for v in person["facts"].values()} <= values, (person, lang)
         card = next(c for c in capitals if c.startswith(f"NAME: {person['name_en'].upper()}\n"))
         assert f"\nHOME CITY: {person['facts']['city']['en'].upper()}\n" in card
+
+
+def test_corpus_worksheets_are_answered_right(data: dict) -> None:
+    """The computed-skill documents ask some of their questions in the tasks' words, with the
+    answer alone on the next line; the independent solver agrees with every such answer."""
+    bare_answer = re.compile(r"\d+|[A-Za-z]+|[0-9a-z]+(, [0-9a-z]+)+")
+    checked = Counter()
+    for doc in data["corpus"]:
+        if doc["kind"] not in ("arithmetic", "sorting", "spelling", "lists"):
+            continue
+        lines = doc["text"].split("\n")
+        for question_text, answer in zip(lines, lines[1:], strict=False):
+            if not bare_answer.fullmatch(answer):
+                continue
+            if doc["kind"] == "arithmetic":
+                want = str(Solver.arithmetic(question_text))
+            elif ", " in answer:
+                want = Solver.sort(question_text)
+            elif answer.isdigit():
+                want = Solver.count(question_text)
+            else:
+                want = Solver.string(question_text)
+            assert answer == want, (doc["kind"], question_text, answer)
+            checked[doc["kind"]] += 1
+    docs = Counter(d["kind"] for d in data["corpus"])
+    assert checked["arithmetic"] > 5 * docs["arithmetic"]  # about 8 of a document's 20 lines
+    assert checked["sorting"] > docs["sorting"]  # about 2.5 of 5
+    assert checked["spelling"] > docs["spelling"]  # about 1.8 of 6
+    assert checked["lists"] > docs["lists"] / 2  # about 0.6 of 3
