@@ -925,10 +925,12 @@ def _lists_doc(rng: random.Random) -> list[str]:
 # the skills need at this model size: experiments/dense_skills.py took the first 4M-parameter
 # base (commit 6321d15) from 2% to 63% on two-digit sums and from 0% to 97% on sorting with
 # 12,000 extra documents of them. The third base (commit 6ab48f9) had 10,000 of these
-# documents with sums in six phrasings and still probed at 8% on sums and 48% on sorting;
-# this corpus has about eight times its symbolic sums (about 100,000 lines of ``a + b = c``
-# or ``a - b = c``) and twice its sorted lists. Reversing
-# or upper-casing a word is a fact about that word, learnt from enough sightings.
+# documents with sums in six phrasings and still probed at 8% on sums and 48% on sorting.
+# The fourth (7ed6d3b) had about 100,000 lines of ``a + b = c`` or ``a - b = c`` and probed
+# at 80% on them, but at 1% on ``What is a + b?`` with the answer on the next line: the
+# phrasing the chat asks in. This corpus turns about 57,000 of those lines into such
+# worksheets (``_worksheet``) and half of the sorted lists too. Reversing or upper-casing
+# a word is a fact about that word, learnt from enough sightings.
 _GENERAL_KINDS: tuple[tuple[str, float, Callable[[random.Random], list[str]]], ...] = (
     ("arithmetic", 0.34, _arithmetic_doc),
     ("spelling", 0.26, _spelling_doc),
