@@ -75,9 +75,12 @@ def test_train_then_eval(workspace, full, capsys):
                   ["--model", str(workspace / "base"), "--adapter", str(out / "adapter")])
     report = workspace / f"report-{full}.json"
     assert main(["eval", *model_args, "--data", str(workspace / "test.jsonl"),
-                 "--json", str(report), "--max-new-tokens", "4"]) == 0
+                 "--json", str(report), "--max-new-tokens", "4", "--failures", "1"]) == 0
     saved = json.loads(report.read_text())
     assert set(saved["total"]) == {"arithmetic", "facts"}
+    for task, total in saved["total"].items():  # --failures 1 keeps one wrong answer per task
+        shown = sum(f["task"] == task for f in saved["failures"])
+        assert shown == min(1, total - saved["correct"][task])
     assert saved["perplexity"] > 1
 
 

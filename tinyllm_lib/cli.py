@@ -191,7 +191,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     tasks = load_task_names(args.data)
     if args.limit:
         conversations, tasks = conversations[: args.limit], tasks[: args.limit]
-    report = evaluate(model, tokenizer, conversations, tasks, max_new_tokens=args.max_new_tokens)
+    report = evaluate(model, tokenizer, conversations, tasks, max_new_tokens=args.max_new_tokens,
+                      failures_per_task=args.failures)
     print(report.format_table())
     if args.compare:
         before = EvalReport.from_dict(json.loads(args.compare.read_text(encoding="utf-8")))
@@ -345,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", type=existing_path, default=DATA_DIR / "test.jsonl")
     ev.add_argument("--limit", type=positive_int, default=None, help="first N conversations")
     ev.add_argument("--max-new-tokens", type=positive_int, default=32)
+    ev.add_argument("--failures", type=positive_int, default=3,
+                    help="wrong answers kept per task in the report (default 3)")
     ev.add_argument("--json", type=Path, default=None, help="also write the report here")
     ev.add_argument("--compare", type=existing_path, default=None,
                     help="a previous --json report to show before/after")

@@ -217,9 +217,11 @@ def evaluate(
     tasks: Sequence[str],
     max_new_tokens: int = 32,
     batch_size: int = 8,
+    failures_per_task: int = 3,
 ) -> EvalReport:
     """Exact match per task plus the perplexity of the reference replies, in one report."""
     examples = tokenize_conversations(tokenizer, conversations, model.config.max_seq_len)
-    report = exact_match(model, tokenizer, conversations, tasks, max_new_tokens=max_new_tokens)
+    report = exact_match(model, tokenizer, conversations, tasks, max_new_tokens=max_new_tokens,
+                         failures_per_task=failures_per_task)
     report.perplexity = perplexity(model, examples, batch_size)
     return report
