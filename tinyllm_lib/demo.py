@@ -91,16 +91,20 @@ def run_demo(seed: int = 0, data_dir: Path = DATA_DIR) -> None:
     sampling = SamplingConfig(temperature=0.5, top_k=20, top_p=0.9, max_new_tokens=40, seed=seed)
     messages: list[Message] = []
     # The questions of a two-turn test conversation: a fact, then a follow-up about the
-    # same person that only makes sense with the first turn in the context.
+    # same person that only makes sense with the first turn in the context. The model sees
+    # its own replies; the test's answers are printed beside them, since a 250-step
+    # fine-tune gets some wrong.
     follow_up = conversations[tasks.index("multi_turn")]
-    for user in [message["content"] for message in follow_up if message["role"] == "user"]:
+    turns = [(m["content"], follow_up[i + 1]["content"])
+             for i, m in enumerate(follow_up) if m["role"] == "user"]
+    for user, reference in turns:
         messages.append({"role": "user", "content": user})
         print(f"user:      {user}\nassistant: ", end="")
         pieces = []
         for piece in reply_stream(model, tokenizer, messages, sampling):
             print(piece, end="", flush=True)
             pieces.append(piece)
-        print()
+        print(f"   (the test's answer: {reference})")
         messages.append({"role": "assistant", "content": "".join(pieces)})
     print(f"\nDone in {time.time() - start:.0f} s. Next: `tinyllm train --epochs 3`, "
           "`tinyllm eval`, `tinyllm chat`, and the book in book/.")
