@@ -364,17 +364,20 @@ def test_heldout_facts_stated_in_corpus_in_both_languages_and_many_ways(data: di
     ]
     shapes: dict[tuple[str, str, str], set[str]] = {}
     heldout = [p for p in data["world"]["people"] if p["heldout"]]
-    by_name = {p[f"name_{lang}"]: (p, lang) for p in heldout for lang in ("en", "zh")}
-    name_re = re.compile("|".join(map(re.escape, by_name)))
+    # Names match in any case: the capitals biographies state facts too ("NORA LOWE LIVES
+    # IN ..."), and a phrasing counts once whatever its case (the shape is lower-cased).
+    by_name = {p[f"name_{lang}"].lower(): (p, lang) for p in heldout for lang in ("en", "zh")}
+    name_re = re.compile("|".join(map(re.escape, by_name)), re.IGNORECASE)
     for sentence in sentences:
-        for name in set(name_re.findall(sentence)):
-            person, lang = by_name[name]
+        for found in set(name_re.findall(sentence)):
+            person, lang = by_name[found.lower()]
+            name = person[f"name_{lang}"]
             for attr, value in person["facts"].items():
                 word = re.escape(value[lang])
                 pattern = re.compile(rf"(?i)(?<!\w){word}(?!\w)" if lang == "en" else word)
-                if pattern.search(sentence.replace(name, "")):
+                if pattern.search(sentence.replace(found, "")):
                     # The sentence's shape: the phrasing with the person and value blanked out.
-                    shape = pattern.sub("<V>", sentence.replace(name, "<N>"))
+                    shape = pattern.sub("<V>", sentence.replace(found, "<N>")).lower()
                     shapes.setdefault((name, attr, lang), set()).add(shape)
     for person in heldout:
         for attr in person["facts"]:
