@@ -387,7 +387,8 @@ class World:
 
 @dataclass
 class DataConfig:
-    """Sizes of everything generated. Counts of corpus documents are per language.
+    """Sizes of everything generated. Counts of corpus documents are per language, except
+    ``capital_bios_per_person`` (English only).
 
     ``paraphrase=False`` states every fact with one fixed template in a fixed order: the
     no-augmentation baseline of the Physics-of-LMs experiment, for comparison.
@@ -957,7 +958,8 @@ def split_fact_pairs(world: World, config: DataConfig) -> dict[str, list[tuple[i
 def pretrain_corpus(world: World, config: DataConfig | None = None) -> list[Document]:
     """Every pretraining document, in a seeded shuffled order.
 
-    Per person: ``bios_per_person`` biographies and a profile card in each of
+    Per person: ``bios_per_person`` biographies, ``capital_bios_per_person`` English ones
+    in capitals, and a profile card in each of
     ``PROFILE_LAYOUTS`` per language and ``bilingual_per_person`` English/Chinese documents; about
     ``stories_per_person`` stories per language feature each person; each city lists its
     residents. ``qa_docs`` plain-text Q/A documents (both layouts) ask only about train facts
