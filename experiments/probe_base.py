@@ -1,6 +1,7 @@
 """What the shipped base model can do before any instruction tuning, in plain text.
 
     python experiments/probe_base.py          # about a minute on 2 CPU cores
+    python experiments/probe_base.py --base DIR --json FILE   # another base model
 
 Instruction tuning teaches a format; it can only draw out a skill the base already has.
 This script asks the base for each instruction task's skill in the pretraining corpus's
@@ -14,6 +15,7 @@ teach. Results go to ``experiments/results/probe_base.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from collections.abc import Callable
@@ -25,7 +27,14 @@ from tinyllm_lib.checkpoint import load_pretrained
 from tinyllm_lib.cli import BASE_DIR
 from tinyllm_lib.sampling import generate
 from tinyllm_lib.tokenizer import Tokenizer
-from tinyllm_lib.world import DICTIONARY, SPELLING_WORDS, make_world, profile_card
+from tinyllm_lib.world import (
+    ATTRIBUTE_BY_KEY,
+    DICTIONARY,
+    SPELLING_WORDS,
+    make_world,
+    profile_card,
+    question,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBES_PER_SKILL = 100
@@ -93,6 +102,16 @@ def city_in_capital_sentence(rng: random.Random) -> Probe:
     return f"{person.name.en.upper()} LIVES IN", f" {person.facts['city'].en.upper()}"
 
 
+def fact_worksheet(rng: random.Random, lang: str) -> Probe:
+    """A held-out person's pet, job or food, asked as the chat asks, answered on the next line.
+
+    The three attributes the lora-all fine-tune of base v5 drew out worst in English.
+    """
+    person = rng.choice([p for p in WORLD.people if p.heldout])
+    attr = ATTRIBUTE_BY_KEY[rng.choice(("pet", "job", "food"))]
+    return f"{question(person, attr, lang, rng)}\n", person.facts[attr.key].text(lang)
+
+
 def fact(rng: random.Random, heldout: bool, lang: str) -> Probe:
     person = rng.choice([p for p in WORLD.people if p.heldout == heldout])
     city = person.facts["city"]
@@ -114,6 +133,8 @@ SKILLS: dict[str, ProbeMaker] = {
     "facts: city, instruction-data people, zh": lambda rng: fact(rng, False, "zh"),
     "facts: city, held-out people, en": lambda rng: fact(rng, True, "en"),
     "facts: city, held-out people, zh": lambda rng: fact(rng, True, "zh"),
+    "facts: pet/job/food asked, held-out people, en": lambda rng: fact_worksheet(rng, "en"),
+    "facts: pet/job/food asked, held-out people, zh": lambda rng: fact_worksheet(rng, "zh"),
     "facts: city in capitals, held-out people": city_in_capitals,
     "facts: city in a capitals sentence, held-out people": city_in_capital_sentence,
 }
@@ -139,13 +160,18 @@ def skill_accuracy(model: nn.Module, tokenizer: Tokenizer, make: ProbeMaker) -> 
 
 
 def main() -> None:
-    model, tokenizer = load_pretrained(BASE_DIR)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=BASE_DIR, help="the base model's folder")
+    parser.add_argument("--json", type=Path, default=RESULTS / "probe_base.json",
+                        help="where the results go")
+    args = parser.parse_args()
+    model, tokenizer = load_pretrained(args.base)
     results: dict[str, float] = {}
     for name, make in SKILLS.items():
         results[name] = skill_accuracy(model, tokenizer, make)
         print(f"{name:46s} {results[name]:6.0%}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "probe_base.json").write_text(json.dumps(results, indent=2) + "\n")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
