@@ -1,6 +1,6 @@
 """Measured fine-tuning outcomes: the table in README.md comes from this script.
 
-    python experiments/outcomes.py            # about 40 minutes on 2 CPU cores
+    python experiments/outcomes.py            # 30-40 minutes on 2 CPU cores
 
 Every run goes through the command line exactly as a reader would type it:
 

@@ -1,6 +1,6 @@
 """What the shipped base model can do before any instruction tuning, in plain text.
 
-    python experiments/probe_base.py          # about a minute on 2 CPU cores
+    python experiments/probe_base.py          # about 20 s on 2 CPU cores
     python experiments/probe_base.py --base DIR --json FILE   # another base model
 
 Instruction tuning teaches a format; it can only draw out a skill the base already has.
@@ -42,6 +42,7 @@ PROBES_PER_SKILL = 100
 Probe = tuple[str, str]  # (prompt, expected continuation)
 ProbeMaker = Callable[[random.Random], Probe]
 WORLD = make_world()  # the world data/ was generated from (the default seed)
+HELDOUT_PEOPLE = [p for p in WORLD.people if p.heldout]
 
 
 def arithmetic(rng: random.Random) -> Probe:
@@ -90,7 +91,7 @@ def translate(rng: random.Random) -> Probe:
 
 def city_in_capitals(rng: random.Random) -> Probe:
     """The home city as the corpus's capitals profile card states it, for a held-out person."""
-    person = rng.choice([p for p in WORLD.people if p.heldout])
+    person = rng.choice(HELDOUT_PEOPLE)
     card = profile_card(person, "en", "capitals").text
     prompt = card[:card.index("HOME CITY:") + len("HOME CITY:")]
     return prompt, f" {person.facts['city'].en.upper()}"
@@ -98,7 +99,7 @@ def city_in_capitals(rng: random.Random) -> Probe:
 
 def city_in_capital_sentence(rng: random.Random) -> Probe:
     """The home city in a sentence in capitals, as the capitals biographies state it."""
-    person = rng.choice([p for p in WORLD.people if p.heldout])
+    person = rng.choice(HELDOUT_PEOPLE)
     return f"{person.name.en.upper()} LIVES IN", f" {person.facts['city'].en.upper()}"
 
 
@@ -107,7 +108,7 @@ def fact_worksheet(rng: random.Random, lang: str) -> Probe:
 
     The three attributes the lora-all fine-tune of base v5 drew out worst in English.
     """
-    person = rng.choice([p for p in WORLD.people if p.heldout])
+    person = rng.choice(HELDOUT_PEOPLE)
     attr = ATTRIBUTE_BY_KEY[rng.choice(("pet", "job", "food"))]
     return f"{question(person, attr, lang, rng)}\n", person.facts[attr.key].text(lang)
 
