@@ -462,3 +462,33 @@ def test_corpus_worksheets_are_answered_right(data: dict) -> None:
     assert checked["sorting"] > docs["sorting"]  # about 2.5 of 5
     assert checked["spelling"] > docs["spelling"]  # about 1.8 of 6
     assert checked["lists"] > docs["lists"] / 2  # about 0.6 of 3
+
+
+def test_corpus_letter_counts_are_right_and_include_zero(data: dict) -> None:
+    """Every stated or worksheet count of one letter in a word is right, and some are 0: the
+    count task asks about letters missing from the word too (base v5 answered 1 to them)."""
+    statement = re.compile(r"The letter (\w) appears (\d+) times? in (\w+)\.|"
+                           r"字母(\w)在(\w+)中出现了(\d+)次。")
+    counts = Counter()
+    for doc in data["corpus"]:
+        if doc["kind"] != "spelling":
+            continue
+        lines = doc["text"].split("\n")
+        for line, next_line in zip(lines, [*lines[1:], ""], strict=True):
+            if match := statement.fullmatch(line):
+                en_letter, en_times, en_word, zh_letter, zh_word, zh_times = match.groups()
+                letter, word = en_letter or zh_letter, en_word or zh_word
+                times = int(en_times or zh_times)
+            elif ("letter" in line or "字母" in line) and next_line.isdigit() and (
+                    "times" in line or "Count the letter" in line or "几次" in line
+                    or "几个字母“" in line):
+                times = int(next_line)
+                letter, word = re.findall(r"[“\"]([a-z]+)[”\"]", line)
+                if len(letter) > 1:  # “w”里有几个字母“c”: the word comes first
+                    letter, word = word, letter
+            else:
+                continue
+            assert word.count(letter) == times, (line, next_line)
+            counts["zero" if times == 0 else "more"] += 1
+    assert counts["more"] > 8_000  # 9,121 in the default corpus
+    assert counts["zero"] > 1_500  # 1,845
