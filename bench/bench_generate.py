@@ -3,8 +3,12 @@
 Batch 1, a 32-token prompt, 256 new tokens sampled with temperature, top-k and top-p (the
 library's default sampling settings, given to both). End-of-text is switched off on both
 sides, so every run makes exactly 256 tokens. Timings include the prompt's forward pass
-(prefill). TinyLLM also runs without its KV cache, recomputing the whole sequence for
-every new token, to show what the cache saves.
+(prefill). TinyLLM runs three ways: as ``generate`` runs by default (eager PyTorch), with
+``compile_step=True`` (each decode step through ``torch.compile``; the one-time compilation
+happens in the warm-up run, outside the timings), and without its KV cache, recomputing
+the whole sequence for every new token, to show what the cache saves. transformers runs
+its default ``generate`` (eager, dynamic cache). The target is judged on TinyLLM's fastest
+way; the table shows both.
 
 The contexts are widened to prompt + new tokens where a model's is shorter (the shipped
 base has 256 positions): RoPE has no learned positions, so the weights are unchanged.
@@ -47,9 +51,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def ours_run(model: TinyLLM, prompt: torch.Tensor, sampling: SamplingConfig,
-             use_cache: bool) -> Callable[[], None]:
+             use_cache: bool, compile_step: bool = False) -> Callable[[], None]:
     def run() -> None:
-        ids = list(generate(model, prompt, sampling, use_cache=use_cache))
+        ids = list(generate(model, prompt, sampling, use_cache=use_cache,
+                            compile_step=compile_step))
         assert len(ids) == sampling.max_new_tokens, f"TinyLLM stopped after {len(ids)} tokens"
 
     return run
@@ -98,6 +103,8 @@ def bench_size(name: str, args: argparse.Namespace,
         timings = alternate(
             {
                 "tinyllm_cache": ours_run(ours, prompt, sampling, use_cache=True),
+                "tinyllm_compiled": ours_run(ours, prompt, sampling, use_cache=True,
+                                             compile_step=True),
                 "transformers": theirs_run(theirs, prompt, sampling),
                 "tinyllm_no_cache": ours_run(ours, prompt, sampling, use_cache=False),
             },
@@ -106,20 +113,22 @@ def bench_size(name: str, args: argparse.Namespace,
         run: dict[str, Any] = {"size": name, "precision": precision, "context": context}
         for side, side_timings in timings.items():
             run[side] = side_summary(side_timings, sampling.max_new_tokens)
-        ours_t, theirs_t = timings["tinyllm_cache"], timings["transformers"]
-        speedup = paired_speedup(theirs_t.wall, ours_t.wall)
-        run["speedup"] = round(speedup, 3)
-        run["speedup_cpu_time"] = round(paired_speedup(theirs_t.cpu, ours_t.cpu), 3)
+        theirs_t = timings["transformers"]
+        for side, key in [("tinyllm_cache", "speedup"), ("tinyllm_compiled", "speedup_compiled")]:
+            run[key] = round(paired_speedup(theirs_t.wall, timings[side].wall), 3)
+            run[f"{key}_cpu_time"] = round(paired_speedup(theirs_t.cpu, timings[side].cpu), 3)
+        best = max(run["speedup"], run["speedup_compiled"])
         run["speedup_target"] = SPEEDUP_TARGET
-        run["speedup_met"] = speedup >= SPEEDUP_TARGET
+        run["speedup_met"] = best >= SPEEDUP_TARGET
         run["cache_speedup"] = round(
-            paired_speedup(timings["tinyllm_no_cache"].wall, ours_t.wall), 2
+            paired_speedup(timings["tinyllm_no_cache"].wall, timings["tinyllm_cache"].wall), 2
         )
         print(
-            f"{name:5s} {precision}: TinyLLM {run['tinyllm_cache']['tokens_per_s']:6.0f} tok/s "
+            f"{name:5s} {precision}: TinyLLM {run['tinyllm_cache']['tokens_per_s']:6.0f} tok/s, "
+            f"compiled {run['tinyllm_compiled']['tokens_per_s']:6.0f} "
             f"(no cache {run['tinyllm_no_cache']['tokens_per_s']:5.0f}), transformers "
-            f"{run['transformers']['tokens_per_s']:6.0f} tok/s -> {speedup:.2f}x "
-            f"(CPU time {run['speedup_cpu_time']:.2f}x; target {SPEEDUP_TARGET}x)"
+            f"{run['transformers']['tokens_per_s']:6.0f} tok/s -> {run['speedup']:.2f}x eager, "
+            f"{run['speedup_compiled']:.2f}x compiled (target {SPEEDUP_TARGET}x)"
         )
         runs.append(run)
     return parity, runs

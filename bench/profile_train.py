@@ -53,22 +53,27 @@ def category(op: str) -> str:
     return "elementwise"
 
 
-def profile_step(step: Callable[[], None]) -> dict[str, float]:
-    """Milliseconds per category for one profiled call of ``step``."""
+def profile_step(
+    step: Callable[[], None], categories: tuple[str, ...] = CATEGORIES,
+    categorize: Callable[[str], str] = category,
+) -> dict[str, float]:
+    """Milliseconds per category for one profiled call of ``step``; ``categorize`` maps an
+    ATen operator to one of ``categories``, which include ``framework`` (the unaccounted)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         step()
         wall_ms = (time.perf_counter() - start) * 1e3
-    ms = dict.fromkeys(CATEGORIES, 0.0)
+    ms = dict.fromkeys(categories, 0.0)
     for event in prof.key_averages():
         if event.key.startswith("aten::"):
-            ms[category(event.key)] += event.self_cpu_time_total / 1e3
+            ms[categorize(event.key)] += event.self_cpu_time_total / 1e3
     ms["framework"] = max(0.0, wall_ms - sum(ms.values()))
     return {"total": wall_ms, **ms}
 
 
 def profile_sides(
-    sides: dict[str, Callable[[], None]], warmup: int, repeats: int
+    sides: dict[str, Callable[[], None]], warmup: int, repeats: int,
+    categories: tuple[str, ...] = CATEGORIES, categorize: Callable[[str], str] = category,
 ) -> dict[str, dict[str, float]]:
     """Per side, the median milliseconds per category over ``repeats`` profiled steps.
 
@@ -80,7 +85,7 @@ def profile_sides(
     samples: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     for _ in range(repeats):
         for side, step in sides.items():
-            samples[side].append(profile_step(step))
+            samples[side].append(profile_step(step, categories, categorize))
     return {
         side: {key: round(statistics.median(s[key] for s in runs), 1) for key in runs[0]}
         for side, runs in samples.items()

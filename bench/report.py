@@ -93,14 +93,17 @@ def generate_section(data: dict[str, Any]) -> list[str]:
         rows.append([
             run["size"], run["precision"],
             f"{run['tinyllm_cache']['tokens_per_s']:.0f}",
+            f"{run['tinyllm_compiled']['tokens_per_s']:.0f}",
             f"{run['tinyllm_no_cache']['tokens_per_s']:.0f}",
             f"{run['transformers']['tokens_per_s']:.0f}",
-            f"{run['speedup']:.2f}x", f"{run['speedup_cpu_time']:.2f}x",
+            f"{run['speedup']:.2f}x", f"{run['speedup_compiled']:.2f}x",
+            f"{run['speedup_compiled_cpu_time']:.2f}x",
             f"{run['speedup_target']}x", met(run["speedup_met"]), f"{run['cache_speedup']:.1f}x",
         ])
     lines += table(
-        ["size", "precision", "TinyLLM tok/s", "TinyLLM without KV cache",
-         "transformers generate", "speedup", "speedup (CPU time)", "target", "met",
+        ["size", "precision", "TinyLLM tok/s", "TinyLLM compiled step",
+         "TinyLLM without KV cache", "transformers generate", "speedup",
+         "speedup compiled", "speedup compiled (CPU time)", "target", "met",
          "KV cache speedup"],
         rows,
     )
@@ -167,6 +170,28 @@ def profile_section(data: dict[str, Any]) -> list[str]:
     return lines + ["", machine_line(data["machine"]), ""]
 
 
+def profile_generate_section(data: dict[str, Any]) -> list[str]:
+    categories = data["settings"]["categories"]
+    lines = [
+        "## Where generation's time goes",
+        "",
+        "Milliseconds per generated token of a profiled generation (a "
+        f"{data['settings']['prompt_tokens']}-token prompt, "
+        f"{data['settings']['new_tokens']} new tokens; median of "
+        f"{data['settings']['repeats']} runs), by operator category; `framework` is the wall "
+        "time not spent inside ATen operators (Python, dispatch, the decoding loop, profiler "
+        "overhead). See `bench/profile_generate.py` for the categories.",
+        "",
+    ]
+    rows = [
+        [run["size"], run["side"], f"{run['ms_per_token']['total']:.2f}"]
+        + [f"{run['ms_per_token'][c]:.2f}" for c in categories]
+        for run in data["runs"]
+    ]
+    lines += table(["size", "implementation", "total", *categories], rows)
+    return lines + ["", machine_line(data["machine"]), ""]
+
+
 def tokenizer_section(data: dict[str, Any]) -> list[str]:
     rows = [[key, value] for key, value in data.items()]
     return ["## Tokenizer", "", *table(["measure", "value"], rows), ""]
@@ -178,7 +203,8 @@ def write_report() -> Path:
         "# Benchmark results",
         "",
         "Written by the scripts in `bench/` (`python bench/bench_train.py`, "
-        "`bench_generate.py`, `bench_memory.py`, `bench_tokenizer.py`, `profile_train.py`); "
+        "`bench_generate.py`, `bench_memory.py`, `bench_tokenizer.py`, `profile_train.py`, "
+        "`profile_generate.py`); "
         "the JSON files next to this one hold every sample. TinyLLM is compared with Hugging Face "
         "transformers' `LlamaForCausalLM` built from the same configuration and loaded "
         "with the same weights. A speedup is transformers' time over TinyLLM's. "
@@ -187,7 +213,8 @@ def write_report() -> Path:
     ]
     sections = {
         "train": train_section, "profile_train": profile_section, "generate": generate_section,
-        "memory": memory_section, "tokenizer": tokenizer_section,
+        "profile_generate": profile_generate_section, "memory": memory_section,
+        "tokenizer": tokenizer_section,
     }
     for name, render in sections.items():
         data = load(name)

@@ -11,6 +11,7 @@ from tinyllm_lib.sampling import (
     SamplingConfig,
     apply_repetition_penalty,
     apply_temperature,
+    choose_next,
     generate,
     process_logits,
     top_k_filter,
@@ -113,6 +114,8 @@ def test_top_p_boundary_and_ties():
     assert len(kept(top_p_filter(flat, 0.5 + 1e-9))) == 3
     assert len(kept(top_p_filter(flat, 0.5 - 1e-9))) == 2
     assert len(kept(top_p_filter(flat, 0.0))) == 1  # at least one token is kept
+    # Ties are cut in vocabulary order, from the least likely end: the earlier ids go first.
+    assert kept(top_p_filter(flat, 0.5)) == [2, 3]
     # Tokens already at -inf (probability 0) stay removed even at p = 1.
     assert kept(top_p_filter(f64(-INF, 1.0, 0.0), 1.0)) == [1, 2]
     with pytest.raises(ValueError, match="top_p"):
@@ -136,6 +139,23 @@ def test_process_logits_order():
     greedy = SamplingConfig(temperature=0, repetition_penalty=1.3)
     penalised = apply_repetition_penalty(logits, prev, 1.3)
     assert torch.equal(process_logits(logits, prev, greedy), penalised)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_candidates_give_what_the_whole_vocabulary_gives(seed):
+    """Top-p over top-k's candidates keeps what it keeps over the whole vocabulary, ties
+    and -inf included, and a draw never leaves the kept set."""
+    logits = tied_logits(seed)
+    prev = torch.randint(0, 60, (4, 9), generator=torch.Generator().manual_seed(seed))
+    for k, p in [(1, 0.5), (5, 0.3), (12, 0.9), (20, 1.0), (50, 0.95), (80, 0.6)]:
+        sampling = SamplingConfig(temperature=0.7, top_k=k, top_p=p, repetition_penalty=1.2)
+        whole = top_p_filter(top_k_filter(
+            apply_temperature(apply_repetition_penalty(logits, prev, 1.2), 0.7), k), p)
+        assert torch.equal(process_logits(logits, prev, sampling), whole)
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(20):
+            token = choose_next(logits, prev, sampling, g)
+            assert (whole.gather(-1, token) > -INF).all()
 
 
 # ------------------------------------------------------------------- against Hugging Face
@@ -163,6 +183,10 @@ def test_processors_match_hugging_face(seed):
         assert torch.equal(apply_temperature(logits, t), hf)
     for k in (1, 3, 10, 49, 50, 80):
         assert torch.equal(top_k_filter(logits, k), lp.TopKLogitsWarper(k)(prev, logits))
+    # Top-p on ties: which of several tied tokens at the boundary goes is torch.sort's
+    # unspecified order in Hugging Face and vocabulary order here (test_top_p_boundary_and_
+    # ties), so the comparison uses the same logits with the ties broken.
+    logits = logits + torch.arange(50) * 1e-4
     for p in (0.0, 0.1, 0.5, 0.8, 0.9, 0.95, 0.999, 1.0):
         assert torch.equal(top_p_filter(logits, p), lp.TopPLogitsWarper(p)(prev, logits))
     chain = lp.LogitsProcessorList([
@@ -210,6 +234,16 @@ def test_cache_and_no_cache_agree(model):
     assert list(generate(model, PROMPT, **seeded)) == list(
         generate(model, PROMPT, use_cache=False, **seeded)
     )
+
+
+def test_compiled_decode_step_gives_the_same_tokens(model):
+    """torch.compile'd decode steps: the same greedy and seeded tokens as eager ones."""
+    seeded = dict(temperature=0.8, top_k=10, top_p=0.9, seed=3, max_new_tokens=30)
+    for options in (dict(temperature=0, max_new_tokens=30), seeded):
+        eager = list(generate(model, PROMPT, **options))
+        assert list(generate(model, PROMPT, compile_step=True, **options)) == eager
+    with pytest.raises(ValueError, match="compile_step needs use_cache"):
+        generate(model, PROMPT, compile_step=True, use_cache=False)
 
 
 def test_seeded_sampling_is_reproducible(model):

@@ -101,6 +101,11 @@ class KVCache:
     Without a cache, generating token t re-computes keys and values for all t - 1 earlier
     tokens. With it, each step computes them for one new token and writes them into a
     buffer sized for the whole context, so a decode step costs O(t) instead of O(t^2).
+
+    Attention always reads the whole buffer, with the slots not yet written masked out:
+    every decode step then has the same tensor shapes whatever its position, which is
+    what lets ``torch.compile`` build one graph for all of them (``generate(...,
+    compile_step=True)``). The only Python number, ``length``, is kept by ``advance``.
     """
 
     keys: list[torch.Tensor]
@@ -124,6 +129,23 @@ class KVCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
+    @torch.compiler.disable
+    def advance(self, seq: int, context: int) -> torch.Tensor:
+        """Claim the next ``seq`` slots: their positions, as a tensor; ``length`` moves on.
+
+        ``context`` is the model's context length; the buffer may be shorter. Kept out of
+        compiled graphs: a graph that read ``length`` would be specialised to its value
+        and rebuilt at every step.
+        """
+        room = min(self.capacity, context)
+        if self.length + seq > room:
+            raise ValueError(
+                f"sequence of {self.length + seq} tokens exceeds the context length {room}"
+            )
+        positions = torch.arange(self.length, self.length + seq, device=self.keys[0].device)
+        self.length += seq
+        return positions
+
 
 class Attention(nn.Module):
     """Causal self-attention with rotary positions and grouped-query heads."""
@@ -141,29 +163,24 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-        cache: KVCache | None = None, layer: int = 0,
+        cache: KVCache | None = None, layer: int = 0, positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Attend causally over ``x``; with a ``cache``, ``positions`` are the slots
+        ``x``'s tokens take in it (from ``KVCache.advance``)."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        past = 0
+        mask, is_causal = None, True
         if cache is not None:
-            past = cache.length
-            cache.keys[layer][:, :, past : past + seq] = k
-            cache.values[layer][:, :, past : past + seq] = v
-            k = cache.keys[layer][:, :, : past + seq]
-            v = cache.values[layer][:, :, : past + seq]
-
-        if past == 0 or seq == 1:
-            # A fresh sequence is plainly causal; a single new token may see everything cached.
-            mask, is_causal = None, past == 0 and seq > 1
-        else:
-            # A chunk after a cached prefix: query i sits at position past + i.
-            rows = torch.arange(seq, device=x.device)[:, None] + past
-            mask, is_causal = torch.arange(past + seq, device=x.device)[None, :] <= rows, False
+            k = cache.keys[layer].index_copy_(2, positions, k)
+            v = cache.values[layer].index_copy_(2, positions, v)
+            # The query at position p sees the slots 0..p; later slots are empty or, in
+            # a chunk, its own future.
+            slots = torch.arange(cache.capacity, device=x.device)
+            mask, is_causal = slots[None, :] <= positions[:, None], False
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
@@ -202,9 +219,10 @@ class DecoderBlock(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-        cache: KVCache | None, layer: int,
+        cache: KVCache | None, layer: int, positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, positions)
+        x = x + self.dropout(attended)
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -252,16 +270,17 @@ class TinyLLM(nn.Module):
         values are appended and ``cache.length`` advances.
         """
         seq = input_ids.shape[1]
-        start = cache.length if cache is not None else 0
-        limit = cache.capacity if cache is not None else self.config.max_seq_len
-        if start + seq > min(limit, self.config.max_seq_len):
-            raise ValueError(
-                f"sequence of {start + seq} tokens exceeds the context length "
-                f"{min(limit, self.config.max_seq_len)}"
-            )
+        if cache is None:
+            if seq > self.config.max_seq_len:
+                raise ValueError(f"sequence of {seq} tokens exceeds the context length "
+                                 f"{self.config.max_seq_len}")
+            positions = None
+            cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
+        else:
+            positions = cache.advance(seq, self.config.max_seq_len)
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         x = self.model.embed_tokens(input_ids)
-        cos = self.rope_cos[start : start + seq].to(compute_dtype(x))
-        sin = self.rope_sin[start : start + seq].to(compute_dtype(x))
+        cos, sin = cos.to(compute_dtype(x)), sin.to(compute_dtype(x))
         for i, block in enumerate(self.model.layers):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # Backward needs every block's intermediate activations; checkpointing keeps
@@ -269,9 +288,7 @@ class TinyLLM(nn.Module):
                 # extra forward pass of compute for most of the activation memory.
                 x = checkpoint(block, x, cos, sin, None, i, use_reentrant=False)
             else:
-                x = block(x, cos, sin, cache, i)
-        if cache is not None:
-            cache.length += seq
+                x = block(x, cos, sin, cache, i, positions)
         return self.lm_head(self.model.norm(x))
 
     @property

@@ -397,10 +397,14 @@ def peak_fraction_bars(
     return fig
 
 
-def time_breakdown(labels: Sequence[str], ms: Mapping[str, Sequence[float]]) -> Figure:
+def time_breakdown(
+    labels: Sequence[str], ms: Mapping[str, Sequence[float]],
+    unit: str = "milliseconds per training step",
+) -> Figure:
     """Milliseconds per category of a step as stacked horizontal bars, and as shares.
 
     ``ms[category]`` holds one value per label; the first label is drawn at the top.
+    ``unit`` names what one bar measures.
     """
     from matplotlib.ticker import PercentFormatter
 
@@ -416,10 +420,11 @@ def time_breakdown(labels: Sequence[str], ms: Mapping[str, Sequence[float]]) -> 
         left_ms += values
         left_share += values / totals
     for position, total in zip(y, totals, strict=True):
-        absolute.annotate(f"{total:,.0f}", (total, position), xytext=(3, 0),
+        text = f"{total:,.0f}" if total >= 10 else f"{total:.2f}"
+        absolute.annotate(text, (total, position), xytext=(3, 0),
                           textcoords="offset points", va="center", fontsize=7)
     absolute.set_yticks(y, labels, fontsize=8)
-    absolute.set(xlabel="milliseconds per training step", title="Time per step")
+    absolute.set(xlabel=unit, title="Time per step")
     absolute.set_xlim(0, totals.max() * 1.12)
     share.xaxis.set_major_formatter(PercentFormatter(1.0))
     share.set(xlabel="share of the step", title="Share of the step", xlim=(0, 1))
