@@ -117,35 +117,32 @@ def memory_section(data: dict[str, Any]) -> list[str]:
         "",
         f"Peak resident memory of a fresh process ({settings['steps']} training steps, batch "
         f"{settings['batch_size']} x {settings['seq_len']} tokens, {settings['precision']}, "
-        f"model: {settings['size']}); LoRA: {settings['lora']}.",
+        f"model: {settings['size']}); LoRA: {settings['lora']}. Each run twice: with glibc's "
+        "malloc as it comes, and with `MALLOC_MMAP_THRESHOLD_=65536` (freed tensors go back "
+        "to the system at once; see `bench/bench_memory.py`).",
         "",
     ]
     rows = [
-        [run["mode"], "yes" if run["gradient_checkpointing"] else "no",
+        [run["allocator"], run["mode"], "yes" if run["gradient_checkpointing"] else "no",
          f"{run['peak_rss_mb']:.0f}"]
         + (["-", "-"] if run["mode"] == "model" else
            [f"{run['trainable']:,}", f"{run['trainable_share']:.2%}"])
         for run in data["runs"]
     ]
-    lines += table(["mode", "gradient checkpointing", "peak RSS (MB)", "trainable parameters",
-                    "trainable share"], rows)
-    for label, ratios in [("without gradient checkpointing", data),
-                          ("both with gradient checkpointing", data["with_checkpointing"])]:
-        lines += [
-            "",
-            f"LoRA peak / full peak, {label}: **{ratios['lora_over_full']:.0%}** (target at "
-            f"most {data['target']:.0%}: {met(ratios['target_met'])}); above the process "
-            f"that only holds the model: {ratios['lora_over_full_above_model']:.0%}.",
-        ]
-    lines += [
-        "",
-        "LoRA with checkpointing / full without: "
-        f"{data['lora_checkpointing_over_plain_full']:.0%}.",
-        "",
-        machine_line(data["machine"]),
-        "",
-    ]
-    return lines
+    lines += table(["allocator", "mode", "gradient checkpointing", "peak RSS (MB)",
+                    "trainable parameters", "trainable share"], rows)
+    for allocator, ratios in data["by_allocator"].items():
+        lines += ["", f"{allocator}:", ""]
+        for label, pair in [("without gradient checkpointing", ratios),
+                            ("both with gradient checkpointing", ratios["with_checkpointing"])]:
+            lines.append(
+                f"- LoRA peak / full peak, {label}: **{pair['lora_over_full']:.0%}** (target "
+                f"at most {data['target']:.0%}: {met(pair['target_met'])}); above the process "
+                f"that only holds the model: {pair['lora_over_full_above_model']:.0%}."
+            )
+        lines.append("- LoRA with checkpointing / full without: "
+                     f"{ratios['lora_checkpointing_over_plain_full']:.0%}.")
+    return lines + ["", machine_line(data["machine"]), ""]
 
 
 def profile_section(data: dict[str, Any]) -> list[str]:
