@@ -84,6 +84,13 @@ def count_letter(rng: random.Random) -> Probe:
     return f"字母{letter}在{word}中出现了", f"{word.count(letter)}次"  # the word comes first here
 
 
+def count_absent_letter(rng: random.Random) -> Probe:
+    """A letter the word lacks, counted as the count task asks: the answer is 0."""
+    word = rng.choice(SPELLING_WORDS)
+    letter = rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c not in word])
+    return f'How many times does the letter "{letter}" appear in "{word}"?\n', "0"
+
+
 def translate(rng: random.Random) -> Probe:
     term = rng.choice(DICTIONARY)
     return f"The Chinese word for {term.en} is", f" {term.zh}"
@@ -129,6 +136,7 @@ SKILLS: dict[str, ProbeMaker] = {
     "sort worksheet (Sort these numbers ...)": sort_worksheet,
     "string (uppercase)": uppercase,
     "count (letter in a word; most answers are 1)": count_letter,
+    "count worksheet (a letter not in the word: 0)": count_absent_letter,
     "translate (en -> zh)": translate,
     "facts: city, instruction-data people, en": lambda rng: fact(rng, False, "en"),
     "facts: city, instruction-data people, zh": lambda rng: fact(rng, False, "zh"),
