@@ -15,6 +15,10 @@ this order, as Hugging Face's ``generate`` applies its processors of the same na
 
 Each is a pure function on logits ``[batch, vocab]`` (or ``[vocab]``) that returns new
 logits, with removed tokens at ``-inf`` so that ``softmax`` gives them probability 0.
+``process_logits`` applies them in that order over the whole vocabulary (what the
+playground draws); ``choose_next`` draws the token from the same processors kept to the
+few candidates top-k leaves (``sampling_candidates``), which gives the same distribution
+without sorting thousands of tokens at every step.
 
 ``generate`` runs the decoding loop with a KV cache: one forward pass over the prompt
 (*prefill*), then one single-token pass per new token (*decode* steps), each reusing the
