@@ -165,7 +165,6 @@ def main() -> None:
         "model": config_summary(ModelConfig()),
         "runs": runs,
         "target": TARGET,
-        "target_met": any(r["target_met"] for r in by_allocator.values()),
         "by_allocator": by_allocator,
     })
 

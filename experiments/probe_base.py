@@ -1,6 +1,6 @@
 """What the shipped base model can do before any instruction tuning, in plain text.
 
-    python experiments/probe_base.py          # about 20 s on 2 CPU cores
+    python experiments/probe_base.py          # about 30 s on 2 CPU cores
     python experiments/probe_base.py --base DIR --json FILE   # another base model
 
 Instruction tuning teaches a format; it can only draw out a skill the base already has.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import string
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def count_letter(rng: random.Random) -> Probe:
 def count_absent_letter(rng: random.Random) -> Probe:
     """A letter the word lacks, counted as the count task asks: the answer is 0."""
     word = rng.choice(SPELLING_WORDS)
-    letter = rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c not in word])
+    letter = rng.choice([c for c in string.ascii_lowercase if c not in word])
     return f'How many times does the letter "{letter}" appear in "{word}"?\n', "0"
 
 

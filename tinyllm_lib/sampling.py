@@ -291,8 +291,8 @@ def generate(
     step's hundreds of small operators become a few fused kernels. On two CPU cores that
     makes the shipped base's steps about 1.5x as fast, the seed-sized model's (whose steps
     mostly stream its larger weights through memory) about 1.25x (``bench/results``).
-    Building the compiled step costs tens of seconds once per model and context length,
-    so it pays off for long or repeated generation, not for one short reply. It needs the
+    Building the compiled step costs about 20 seconds there, once per model and context
+    length, so it pays off for long or repeated generation, not for one short reply. It needs the
     cache, whose fixed shapes make one graph serve every step.
 
     Arguments are checked now, so a prompt longer than the context raises ``ValueError``

@@ -859,6 +859,11 @@ def _letter_count_statement(word: str, letter: str, lang: str) -> str:
     return f"The letter {letter} appears {times} time{'' if times == 1 else 's'} in {word}."
 
 
+def _letter_count_worksheet(word: str, rng: random.Random) -> str:
+    key = ("letter", word, _letter_to_count(word, rng))
+    return _worksheet(*_count_question(key, rng.choice(LANGS), rng))
+
+
 def _spelling_fact(word: str, rng: random.Random) -> str:
     """One fact about how ``word`` is spelled, in one of twelve forms."""
     lang = rng.choice(LANGS)
@@ -877,11 +882,6 @@ def _spelling_fact(word: str, rng: random.Random) -> str:
         lambda: _letter_count_worksheet(word, rng),
     )
     return rng.choice(forms)()
-
-
-def _letter_count_worksheet(word: str, rng: random.Random) -> str:
-    key = ("letter", word, _letter_to_count(word, rng))
-    return _worksheet(*_count_question(key, rng.choice(LANGS), rng))
 
 
 def _spelling_doc(rng: random.Random) -> list[str]:
@@ -955,7 +955,7 @@ def _lists_doc(rng: random.Random) -> list[str]:
 # documents with sums in six phrasings and still probed at 8% on sums and 48% on sorting.
 # The fourth (7ed6d3b) had about 100,000 lines of ``a + b = c`` or ``a - b = c`` and probed
 # at 80% on them, but at 1% on ``What is a + b?`` with the answer on the next line: the
-# phrasing the chat asks in. This corpus turns about 57,000 of those lines into such
+# phrasing the chat asks in. The fifth (v5) turned about 57,000 of those lines into such
 # worksheets (``_worksheet``) and half of the sorted lists too. Reversing or upper-casing
 # a word is a fact about that word, learnt from enough sightings. The sixth (v6) moved 4
 # points of share from arithmetic to sorting: its plain sums fell from 87% to 38%, its
