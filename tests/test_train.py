@@ -188,6 +188,20 @@ def test_the_trainer_turns_gradient_checkpointing_on_from_its_config():
     assert model.gradient_checkpointing
 
 
+def test_a_compiled_training_run_follows_the_eager_one():
+    """``compile=True`` changes how a step runs, not what it computes (LoRA, varied lengths)."""
+    examples = synthetic_examples(12, seed=9)
+    histories = []
+    for compiled in (False, True):
+        model = make_model()
+        torch.manual_seed(1)
+        apply_lora(model, LoRAConfig(rank=4, alpha=8, target_modules="all-linear"))
+        trainer, result = run(model, examples, batch_size=4, epochs=2, compile=compiled)
+        assert (trainer.step_model is model) != compiled
+        histories.append([record.loss for record in result.history])
+    assert histories[0] == pytest.approx(histories[1], rel=1e-4)
+
+
 # ----- optimizer, reproducibility, frozen parameters -------------------------------------
 
 

@@ -38,6 +38,7 @@ OUTPUTS = Path("outputs")
 # overwrite what pretraining stored.
 LORA_LR = 2e-3
 FULL_LR = 3e-4
+COMPILE_HELP = "torch.compile the training step: faster steps after a minute of compiling"
 
 
 class CLIError(Exception):
@@ -135,6 +136,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, max_steps=args.max_steps, eval_every=args.eval_every,
         save_every=args.save_every, seed=args.seed, weight_decay=0.1, bf16=args.bf16,
+        compile=args.compile,
     )
     start = time.time()
     result = pretrain(
@@ -169,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         lr=args.lr or (FULL_LR if args.full else LORA_LR), warmup_steps=args.warmup_steps,
         max_steps=args.max_steps, eval_every=args.eval_every, patience=args.patience,
         save_every=args.save_every, seed=args.seed, bf16=args.bf16,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
     )
     out = args.out or OUTPUTS / "models" / ("full" if args.full else "lora")
     trainer = Trainer(model, train_examples, val_examples, config, pad_id=tokenizer.pad_id,
@@ -306,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--save-every", type=positive_int, default=200)
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    pre.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     pre.add_argument("--resume", action="store_true")
     pre.set_defaults(run=cmd_pretrain)
 
@@ -335,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bf16", action="store_true", help="bf16 autocast")
     train.add_argument("--gradient-checkpointing", action="store_true",
                        help="recompute activations in backward: less memory, more time")
+    train.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     train.add_argument("--out", type=Path, default=None,
                        help="output folder (default outputs/models/lora or outputs/models/full)")
     train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")

@@ -105,7 +105,10 @@ class TrainConfig:
     examples. The learning rate warms up linearly for ``warmup_steps`` optimizer steps,
     then follows a cosine down to ``min_lr_ratio * lr``. ``gradient_checkpointing``
     recomputes each decoder block's activations during backward instead of keeping them
-    (less memory, for one extra forward pass of each block).
+    (less memory, for one extra forward pass of each block). ``compile`` runs the training
+    forward and backward through ``torch.compile``, which fuses the many small element-wise
+    operations (norms, RoPE, SwiGLU, casts) into a few generated kernels: faster steps,
+    after a one-time compilation of about a minute on a 2-core CPU.
     """
 
     epochs: int = 3
@@ -124,6 +127,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = False
     gradient_checkpointing: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):

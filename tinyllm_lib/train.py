@@ -329,6 +329,11 @@ class Trainer:
             if not hasattr(model, "gradient_checkpointing"):
                 raise ValueError(f"Trainer: {type(model).__name__} has no gradient checkpointing")
             model.gradient_checkpointing = True
+        # What a training step calls: the model itself, or its compiled twin, which shares
+        # the parameters (evaluation, checkpoints and the caller keep using ``model``).
+        # Fine-tuning batches vary in length; after the first new shape, dynamic=None
+        # lets torch.compile build one graph for every length instead of one per length.
+        self.step_model = torch.compile(self.model) if config.compile else self.model
         # fused=True: one kernel updates all parameters instead of a chain of for-each
         # operations; the same AdamW math with fewer passes over memory.
         self.optimizer = torch.optim.AdamW(
@@ -413,7 +418,7 @@ class Trainer:
         lr = lr_at(step, self.config, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = accumulate_gradients(self.model, batches, self.config.bf16)
+        loss = accumulate_gradients(self.step_model, batches, self.config.bf16)
         params = list(trainable_parameters(self.model).values())
         grad_norm = float(nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
         if not (math.isfinite(loss.mean) and math.isfinite(grad_norm)):
