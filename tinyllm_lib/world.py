@@ -404,8 +404,8 @@ class DataConfig:
     qa_docs: int = 1500
     general_docs: int = 21000
     paraphrase: bool = True
-    train_per_task: int = 950
-    train_facts: int = 1400
+    train_per_task: int = 800
+    train_facts: int = 1200
     val_per_task: int = 50
     test_per_task: int = 50
 
@@ -959,12 +959,14 @@ def _lists_doc(rng: random.Random) -> list[str]:
 # worksheets (``_worksheet``) and half of the sorted lists too. Reversing or upper-casing
 # a word is a fact about that word, learnt from enough sightings. The sixth (v6) moved 4
 # points of share from arithmetic to sorting: its plain sums fell from 87% to 38%, its
-# worksheets from 98% to 88%, and the sorting probes moved little (README.md). The seventh
-# (v7) gives arithmetic its 34% back, 2 points each from spelling and sorting.
+# worksheets from 98% to 88%, and the sorting probes moved little (README.md). A seventh
+# (experiments/results/v7/) gave arithmetic its 34% back (2 points each from spelling and
+# sorting): sums recovered, facts fell, and the fine-tuned mean with them, so these shares
+# stay v6's.
 _GENERAL_KINDS: tuple[tuple[str, float, Callable[[random.Random], list[str]]], ...] = (
-    ("arithmetic", 0.34, _arithmetic_doc),
-    ("spelling", 0.24, _spelling_doc),
-    ("sorting", 0.20, _sorting_doc),
+    ("arithmetic", 0.30, _arithmetic_doc),
+    ("spelling", 0.26, _spelling_doc),
+    ("sorting", 0.22, _sorting_doc),
     ("lists", 0.08, _lists_doc),
     ("dictionary", 0.065, _dictionary_doc),
     ("counting", 0.035, _counting_doc),
