@@ -39,6 +39,7 @@ from common import (
     paired_speedup,
     require_transformers,
     set_threads,
+    speedups,
     write_results,
 )
 from torch import nn
@@ -126,12 +127,7 @@ def bench_size(name: str, args: argparse.Namespace,
         run: dict[str, Any] = {"size": name, "precision": precision, "context": context}
         for side, side_timings in timings.items():
             run[side] = side_summary(side_timings, sampling.max_new_tokens)
-        theirs_t = timings["transformers"]
-        for side, key in [("tinyllm_cache", "speedup"), ("tinyllm_compiled", "speedup_compiled")]:
-            run[key] = round(paired_speedup(theirs_t.wall, timings[side].wall), 3)
-            run[f"{key}_cpu_time"] = round(paired_speedup(theirs_t.cpu, timings[side].cpu), 3)
-        run["speedup_compiled_vs_compiled"] = round(paired_speedup(
-            timings["transformers_compiled"].wall, timings["tinyllm_compiled"].wall), 3)
+        run.update(speedups(timings, ours="tinyllm_cache"))
         best = max(run["speedup"], run["speedup_compiled"])
         run["speedup_target"] = SPEEDUP_TARGET
         run["speedup_met"] = best >= SPEEDUP_TARGET

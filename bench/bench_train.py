@@ -37,8 +37,8 @@ from common import (
     machine_info,
     model_pair,
     model_sizes,
-    paired_speedup,
     set_threads,
+    speedups,
     write_results,
 )
 from torch import nn
@@ -190,7 +190,6 @@ def bench_size(
             },
             rounds=args.rounds, warmup=args.warmup,
         )
-        theirs_t = timings["transformers"]
         run: dict[str, Any] = {
             "size": name, "precision": precision, "batch_size": args.batch_size,
             "seq_len": seq_len, "tokens_per_step": tokens,
@@ -198,11 +197,7 @@ def bench_size(
         }
         for side, side_timings in timings.items():
             run[side] = side_summary(side_timings, tokens, flops, peaks[precision])
-        for side, key in [("tinyllm", "speedup"), ("tinyllm_compiled", "speedup_compiled")]:
-            run[key] = round(paired_speedup(theirs_t.wall, timings[side].wall), 3)
-            run[f"{key}_cpu_time"] = round(paired_speedup(theirs_t.cpu, timings[side].cpu), 3)
-        run["speedup_compiled_vs_compiled"] = round(paired_speedup(
-            timings["transformers_compiled"].wall, timings["tinyllm_compiled"].wall), 3)
+        run.update(speedups(timings, ours="tinyllm"))
         # Judged on TinyLLM's faster way (TrainConfig.compile is one flag) against
         # transformers as its users train by default, like the generation target.
         run["speedup_target"] = SPEEDUP_TARGETS[name]

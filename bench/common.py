@@ -168,6 +168,23 @@ def paired_speedup(slower: list[float], faster: list[float]) -> float:
     return statistics.median(s / f for s, f in zip(slower, faster, strict=True))
 
 
+def speedups(timings: dict[str, Timings], ours: str) -> dict[str, float]:
+    """The ratios both speed benchmarks report, from sides named as they name them.
+
+    ``speedup``: transformers' eager time over TinyLLM's eager side ``ours``;
+    ``speedup_compiled``: over ``tinyllm_compiled``; each also in CPU time. And
+    ``speedup_compiled_vs_compiled``: ``transformers_compiled`` over ``tinyllm_compiled``.
+    """
+    theirs = timings["transformers"]
+    result = {}
+    for side, key in [(ours, "speedup"), ("tinyllm_compiled", "speedup_compiled")]:
+        result[key] = round(paired_speedup(theirs.wall, timings[side].wall), 3)
+        result[f"{key}_cpu_time"] = round(paired_speedup(theirs.cpu, timings[side].cpu), 3)
+    result["speedup_compiled_vs_compiled"] = round(paired_speedup(
+        timings["transformers_compiled"].wall, timings["tinyllm_compiled"].wall), 3)
+    return result
+
+
 def set_threads(threads: int | None) -> int:
     """Use ``threads`` intra-op threads (default: PyTorch's choice, one per core)."""
     if threads is not None:
