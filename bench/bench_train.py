@@ -158,6 +158,27 @@ def side_summary(timings: Timings, tokens: int, flops: float, peak: float) -> di
     }
 
 
+def training_sides(
+    ours: nn.Module, theirs: nn.Module, ids: torch.Tensor, dtype: torch.dtype | None,
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
+    compiled: tuple[nn.Module, nn.Module],
+) -> dict[str, Callable[[], None]]:
+    """The four sides of one precision: each implementation's step eager and compiled.
+
+    A compiled side is ``torch.compile`` of its model (``compiled``): it shares the model's
+    weights and optimizer, and its first step builds its graph for this precision.
+    """
+    ours_optimizer, theirs_optimizer = optimizers
+    compiled_ours, compiled_theirs = compiled
+    return {
+        "tinyllm": training_step(ours_loss(ours, ids, dtype), ours_optimizer),
+        "tinyllm_compiled": training_step(ours_loss(compiled_ours, ids, dtype), ours_optimizer),
+        "transformers": training_step(theirs_loss(theirs, ids, dtype), theirs_optimizer),
+        "transformers_compiled": training_step(
+            theirs_loss(compiled_theirs, ids, dtype), theirs_optimizer),
+    }
+
+
 def bench_size(
     name: str, config: ModelConfig, args: argparse.Namespace, peaks: dict[str, float]
 ) -> tuple[float, list[dict[str, Any]]]:
@@ -176,18 +197,9 @@ def bench_size(
     runs = []
     for precision in args.precisions:
         dtype = PRECISIONS[precision]
-        # The compiled sides share their model's weights and optimizer; the first warm-up
-        # step of each builds its graph for this precision.
         timings = alternate(
-            {
-                "tinyllm": training_step(ours_loss(ours, ids, dtype), ours_optimizer),
-                "tinyllm_compiled": training_step(
-                    ours_loss(compiled_ours, ids, dtype), ours_optimizer),
-                "transformers": training_step(theirs_loss(theirs, ids, dtype),
-                                              theirs_optimizer),
-                "transformers_compiled": training_step(
-                    theirs_loss(compiled_theirs, ids, dtype), theirs_optimizer),
-            },
+            training_sides(ours, theirs, ids, dtype, (ours_optimizer, theirs_optimizer),
+                           (compiled_ours, compiled_theirs)),
             rounds=args.rounds, warmup=args.warmup,
         )
         run: dict[str, Any] = {

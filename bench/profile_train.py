@@ -10,12 +10,16 @@ category's median over a few profiled steps is reported:
 - ``optimizer``: the AdamW update;
 - ``casts``: dtype conversions and copies (``to``, ``copy_``: bf16 autocast's casts);
 - ``elementwise``: every other operator (norms, RoPE, SwiGLU, residual adds, ...);
+- ``fused``: a compiled step's generated kernels (``torch.compile`` fuses the element-wise
+  operators, casts and the loss into them; they run inside the ``CompiledFxGraph`` calls,
+  while the matrix multiplies and attention stay ATen operators);
 - ``framework``: the rest of the step's wall time: Python, operator dispatch and the
   autograd engine's bookkeeping, with the profiler's own overhead.
 
 The matrix multiplies are the useful work; everything else is the price of running
 them, and where one implementation can beat another doing the same arithmetic.
 
+Each implementation is profiled eager and compiled (the four sides of ``bench_train.py``).
 Run ``python bench/profile_train.py``; results go to ``bench/results/profile_train.json``
 and ``bench/results/README.md``.
 """
@@ -28,17 +32,24 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_train import PRECISIONS, adamw, ours_loss, theirs_loss, training_step
+from bench_train import PRECISIONS, adamw, training_sides
 from common import machine_info, model_pair, model_sizes, set_threads, write_results
 from torch.profiler import ProfilerActivity, profile
 
 from tinyllm_lib.config import TrainConfig
 
-CATEGORIES = ("matmul", "attention", "loss", "optimizer", "casts", "elementwise", "framework")
+CATEGORIES = (
+    "matmul", "attention", "loss", "optimizer", "casts", "elementwise", "fused", "framework",
+)
+FUSED_EVENT = "## Call CompiledFxGraph"
+"""The profiler's name for a call of a compiled graph; its own time is the fused kernels'."""
 
 
 def category(op: str) -> str:
-    """The category of an ATen operator name (see the module docstring)."""
+    """The category of an ATen operator name or a compiled graph's call (see the module
+    docstring)."""
+    if op.startswith(FUSED_EVENT):
+        return "fused"
     name = op.removeprefix("aten::")
     if name in ("mm", "addmm", "bmm"):
         return "matmul"
@@ -65,7 +76,7 @@ def profile_step(
         wall_ms = (time.perf_counter() - start) * 1e3
     ms = dict.fromkeys(categories, 0.0)
     for event in prof.key_averages():
-        if event.key.startswith("aten::"):
+        if event.key.startswith(("aten::", FUSED_EVENT)):
             ms[categorize(event.key)] += event.self_cpu_time_total / 1e3
     ms["framework"] = max(0.0, wall_ms - sum(ms.values()))
     return {"total": wall_ms, **ms}
@@ -116,17 +127,14 @@ def main() -> None:
         ours, theirs = model_pair(config)
         ours.train()
         theirs.train()
-        ours_optimizer, theirs_optimizer = adamw(ours), adamw(theirs)
+        optimizers = adamw(ours), adamw(theirs)
+        compiled = torch.compile(ours), torch.compile(theirs)
         for precision, dtype in PRECISIONS.items():
-            sides = {
-                "tinyllm": training_step(ours_loss(ours, ids, dtype), ours_optimizer),
-                "transformers": training_step(theirs_loss(theirs, ids, dtype),
-                                              theirs_optimizer),
-            }
+            sides = training_sides(ours, theirs, ids, dtype, optimizers, compiled)
             for side, ms in profile_sides(sides, args.warmup, args.repeats).items():
                 runs.append({"size": name, "precision": precision, "side": side,
                              "seq_len": seq_len, "ms": ms})
-                print(f"{name:5s} {precision} {side:12s} "
+                print(f"{name:5s} {precision} {side:21s} "
                       + " ".join(f"{k}={v:.0f}" for k, v in ms.items()))
     write_results("profile_train", {
         "benchmark": "profile_train",

@@ -42,8 +42,8 @@ def make_workspace(root):
         (root / f"{split}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     code = main(["pretrain", "--corpus", str(root / "corpus.jsonl"), "--preset", "test",
-                 "--out", str(root / "base"), "--max-steps", "2", "--batch-size", "2",
-                 "--save-every", "1", "--eval-every", "1"])
+                 "--num-layers", "1", "--out", str(root / "base"), "--max-steps", "2",
+                 "--batch-size", "2", "--save-every", "1", "--eval-every", "1"])
     assert code == 0
     return root
 
@@ -51,6 +51,8 @@ def make_workspace(root):
 def test_pretrain_writes_a_loadable_base(workspace):
     names = {p.name for p in (workspace / "base").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    config = json.loads((workspace / "base" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1  # --num-layers overrides the test preset's 2
 
 
 def test_pack_documents_joins_with_endoftext_and_cuts_full_blocks():

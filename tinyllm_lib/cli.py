@@ -8,6 +8,7 @@ logs); the project's data and shipped base model live in ``data/``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -138,9 +139,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         save_every=args.save_every, seed=args.seed, weight_decay=0.1, bf16=args.bf16,
         compile=args.compile,
     )
+    model_config = PRESETS[args.preset]
+    if args.num_layers is not None:
+        model_config = dataclasses.replace(model_config, num_layers=args.num_layers)
     start = time.time()
     result = pretrain(
-        documents, PRESETS[args.preset], config, args.out,
+        documents, model_config, config, args.out,
         run_dir=OUTPUTS / "runs" / f"pretrain-{args.out.name}", log_dir=OUTPUTS / "logs",
         resume=args.resume,
     )
@@ -297,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="train the tokenizer and base model from scratch")
     pre.add_argument("--corpus", type=existing_path, default=DATA_DIR / "corpus.jsonl")
     pre.add_argument("--preset", choices=sorted(PRESETS), default="base")
+    pre.add_argument("--num-layers", type=positive_int, default=None,
+                     help="override the preset's number of transformer blocks")
     pre.add_argument("--out", type=Path, default=OUTPUTS / "models" / "base")
     pre.add_argument("--epochs", type=positive_int, default=1)
     pre.add_argument("--batch-size", type=positive_int, default=16)
