@@ -35,15 +35,11 @@ from report import write_report
 from torch import nn
 
 from tinyllm_lib.checkpoint import CONFIG_FILE, config_from_llama, config_to_llama
-from tinyllm_lib.config import ModelConfig, config_to_dict
+from tinyllm_lib.config import PRESETS, ModelConfig, config_to_dict
 from tinyllm_lib.model import TinyLLM
 
 RESULTS_DIR = Path(__file__).parent / "results"
 SHIPPED_BASE_DIR = Path(__file__).parents[1] / "data" / "base"
-FALLBACK_BASE = ModelConfig(
-    vocab_size=4096, hidden_size=256, num_layers=4, num_heads=4, max_seq_len=256
-)
-"""The base model's shape if ``data/base`` has not been built yet."""
 PARITY_TOLERANCE = 1e-4
 
 
@@ -51,7 +47,7 @@ def base_config() -> ModelConfig:
     """The shipped base model's shape, read from ``data/base/config.json`` when it exists."""
     path = SHIPPED_BASE_DIR / CONFIG_FILE
     if not path.exists():
-        return FALLBACK_BASE
+        return PRESETS["base"]  # the shape `pretrain` gives it
     return config_from_llama(json.loads(path.read_text(encoding="utf-8")), path)
 
 

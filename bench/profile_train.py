@@ -10,9 +10,10 @@ category's median over a few profiled steps is reported:
 - ``optimizer``: the AdamW update;
 - ``casts``: dtype conversions and copies (``to``, ``copy_``: bf16 autocast's casts);
 - ``elementwise``: every other operator (norms, RoPE, SwiGLU, residual adds, ...);
-- ``fused``: a compiled step's generated kernels (``torch.compile`` fuses the element-wise
-  operators, casts and the loss into them; they run inside the ``CompiledFxGraph`` calls,
-  while the matrix multiplies and attention stay ATen operators);
+- ``fused``: a compiled step's generated kernels (``torch.compile`` fuses the model's
+  element-wise operators and casts into them; they run inside the ``CompiledFxGraph``
+  calls, while the matrix multiplies and attention stay ATen operators, and the loss,
+  computed outside the compiled model, stays ``loss``);
 - ``framework``: the rest of the step's wall time: Python, operator dispatch and the
   autograd engine's bookkeeping, with the profiler's own overhead.
 

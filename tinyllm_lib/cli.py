@@ -33,7 +33,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BASE_DIR = DATA_DIR / "base"
 OUTPUTS = Path("outputs")
 
-# The seed's 1e-4 suits LoRA on a large model; on this 4M-parameter base, 3 epochs at 1e-4
+# The seed's 1e-4 suits LoRA on a large model; on this 5M-parameter base, 3 epochs at 1e-4
 # barely move exact match (experiments/results/outcomes.md has the measurement). LoRA's
 # few, zero-initialised parameters take a higher rate than full fine-tuning, which can
 # overwrite what pretraining stored.

@@ -142,8 +142,10 @@ PRESETS: dict[str, ModelConfig] = {
     "seed": ModelConfig(),
     # The shipped base model in data/base: small enough that a LoRA fine-tune of it runs a
     # book chapter in about two minutes on a 2-core CPU. vocab_size is the tokenizer's.
+    # Five layers since base v8: the fifth raised the LoRA mean from 82.5% to 87.2% where
+    # seven corpora for four layers had only traded one skill for another.
     "base": ModelConfig(
-        vocab_size=4096, hidden_size=256, num_layers=4, num_heads=4, max_seq_len=256,
+        vocab_size=4096, hidden_size=256, num_layers=5, num_heads=4, max_seq_len=256,
     ),
     # Small enough for unit tests to train in a second.
     "test": ModelConfig(
