@@ -14,7 +14,9 @@ like for like.
 
 Achieved GFLOP/s is the arithmetic of a step (see ``training_flops_per_token``) divided
 by its time; it is set against this machine's measured matrix-multiply peak, so the
-distance to the hardware limit is visible.
+distance to the hardware limit is visible. A probe before the runs finds the square size
+at which a multiply runs fastest; that multiply is then timed in the same alternated
+rounds as the steps (``peak_matmul``), and its median rate is the run's peak.
 
 Run ``python bench/bench_train.py`` (``--quick`` for a smoke run); results go to
 ``bench/results/train.json`` and ``bench/results/README.md``.
@@ -89,7 +91,21 @@ def matmul_gflops(dtype: torch.dtype, size: int, repeats: int) -> float:
 def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
     """The machine's matrix-multiply peak: the best median rate over a few square sizes."""
     by_size = {size: round(matmul_gflops(dtype, size, repeats), 1) for size in sizes}
-    return {"gflops": max(by_size.values()), "by_size": by_size}
+    return {"gflops": max(by_size.values()), "by_size": by_size,
+            "size": max(by_size, key=by_size.get)}
+
+
+def peak_matmul(dtype: torch.dtype, size: int) -> Callable[[], None]:
+    """One ``size x size`` matrix multiply, timed as one more side of the alternated rounds.
+
+    The peak probed before the runs can come from a quieter (or busier) moment than the
+    steps it is set against; on a shared machine the rate of the same multiply changes by
+    2x within a minute. Timed in the same rounds as the steps, it meets the same load, so
+    a step's share of it compares like with like.
+    """
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    return lambda: a @ b
 
 
 def adamw(model: nn.Module) -> torch.optim.Optimizer:
@@ -180,7 +196,7 @@ def training_sides(
 
 
 def bench_size(
-    name: str, config: ModelConfig, args: argparse.Namespace, peaks: dict[str, float]
+    name: str, config: ModelConfig, args: argparse.Namespace, peak_sizes: dict[str, int]
 ) -> tuple[float, list[dict[str, Any]]]:
     """Parity, then every precision's interleaved timings, for one model size."""
     seq_len = min(args.seq_len, config.max_seq_len)
@@ -197,18 +213,21 @@ def bench_size(
     runs = []
     for precision in args.precisions:
         dtype = PRECISIONS[precision]
+        peak_size = peak_sizes[precision]
         timings = alternate(
-            training_sides(ours, theirs, ids, dtype, (ours_optimizer, theirs_optimizer),
-                           (compiled_ours, compiled_theirs)),
+            {**training_sides(ours, theirs, ids, dtype, (ours_optimizer, theirs_optimizer),
+                              (compiled_ours, compiled_theirs)),
+             "matmul_peak": peak_matmul(PEAK_DTYPES[precision], peak_size)},
             rounds=args.rounds, warmup=args.warmup,
         )
+        peak = 2 * peak_size**3 / statistics.median(timings.pop("matmul_peak").wall) / 1e9
         run: dict[str, Any] = {
             "size": name, "precision": precision, "batch_size": args.batch_size,
-            "seq_len": seq_len, "tokens_per_step": tokens,
-            "flops_per_step": flops, "matmul_peak_gflops": peaks[precision],
+            "seq_len": seq_len, "tokens_per_step": tokens, "flops_per_step": flops,
+            "matmul_peak_gflops": round(peak, 1), "matmul_peak_size": peak_size,
         }
         for side, side_timings in timings.items():
-            run[side] = side_summary(side_timings, tokens, flops, peaks[precision])
+            run[side] = side_summary(side_timings, tokens, flops, peak)
         run.update(speedups(timings, ours="tinyllm"))
         # Judged on TinyLLM's faster way (TrainConfig.compile is one flag) against
         # transformers as its users train by default, like the generation target.
@@ -227,7 +246,7 @@ def bench_size(
             f"{run['transformers_compiled']['tokens_per_s']:8.0f} tok/s -> "
             f"{run['speedup']:.2f}x eager, {run['speedup_compiled']:.2f}x compiled (target "
             f"{SPEEDUP_TARGETS[name]}x), {run['speedup_compiled_vs_compiled']:.2f}x compiled "
-            "vs compiled"
+            f"vs compiled; matmul peak in the same rounds {peak:.0f} GFLOP/s"
         )
         runs.append(run)
     return parity, runs
@@ -259,14 +278,14 @@ def main() -> None:
     sizes = (256, 512) if args.quick else (512, 1024, 2048)
     peak_detail = {p: matmul_peak(PEAK_DTYPES[p], sizes, 3 if args.quick else 7)
                    for p in args.precisions}
-    peaks = {p: detail["gflops"] for p, detail in peak_detail.items()}
-    print(f"matmul peak with {threads} threads: "
-          + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()))
+    print(f"matmul peak probe with {threads} threads: " + ", ".join(
+        f"{p} {d['gflops']:.0f} GFLOP/s at {d['size']}" for p, d in peak_detail.items()))
 
     configs = model_sizes()
     parity, runs = {}, []
+    peak_sizes = {p: detail["size"] for p, detail in peak_detail.items()}
     for name in args.sizes:
-        parity[name], size_runs = bench_size(name, configs[name], args, peaks)
+        parity[name], size_runs = bench_size(name, configs[name], args, peak_sizes)
         runs += size_runs
     write_results("train", {
         "benchmark": "train",
@@ -279,8 +298,7 @@ def main() -> None:
         },
         "models": {name: config_summary(configs[name]) for name in args.sizes},
         "parity_max_abs_logits_diff": parity,
-        "matmul_peak": {p: {"gflops": d["gflops"], "by_size": d["by_size"]}
-                        for p, d in peak_detail.items()},
+        "matmul_peak_probe": peak_detail,
         "runs": runs,
     })
 

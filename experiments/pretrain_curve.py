@@ -4,13 +4,15 @@
 
 The log is the JSON-lines file the trainer writes (one record per optimizer step, with
 ``val_loss`` at each evaluation). The best validation step is marked: the trainer restores
-those weights at the end, so they are what ``pretrain`` saves.
+those weights at the end, so they are what ``pretrain`` saves. The script also prints the
+training speed the log records (tokens/s: median, 10th and 90th percentile of the steps).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from tinyllm_lib import plots
@@ -32,6 +34,9 @@ def main() -> None:
     figure.savefig(args.png, dpi=100)
     print(f"{len(records)} steps; best validation loss {best['val_loss']:.3f} at step "
           f"{best['step']}; wrote {args.png}")
+    deciles = statistics.quantiles((r["tokens_per_s"] for r in records), n=10)
+    print(f"tokens/s: median {statistics.median(r['tokens_per_s'] for r in records):,.0f}, "
+          f"10th percentile {deciles[0]:,.0f}, 90th {deciles[-1]:,.0f}")
 
 
 if __name__ == "__main__":
