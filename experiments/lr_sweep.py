@@ -1,6 +1,6 @@
 """How much the LoRA outcome depends on the learning rate, and on the random seed.
 
-    python experiments/lr_sweep.py --lrs 1e-3 2e-3 3e-3 --seeds 0      # about 10 min a run
+    python experiments/lr_sweep.py --lrs 1e-3 2e-3 3e-3 --seeds 0      # 5-8 minutes a run
 
 Each run is the ``lora-all`` row of ``outcomes.py`` (``tinyllm train --epochs 3
 --lora-targets all-linear``) with ``--lr`` and ``--seed`` set, scored by ``tinyllm eval`` on
