@@ -99,9 +99,9 @@ def peak_matmul(dtype: torch.dtype, size: int) -> Callable[[], None]:
     """One ``size x size`` matrix multiply, timed as one more side of the alternated rounds.
 
     The peak probed before the runs can come from a quieter (or busier) moment than the
-    steps it is set against; on a shared machine the rate of the same multiply changes by
-    2x within a minute. Timed in the same rounds as the steps, it meets the same load, so
-    a step's share of it compares like with like.
+    steps it is set against; on a shared machine the rate of the same bf16 multiply can
+    change by more than 2x within a minute. Timed in the same rounds as the steps, it
+    meets the same load, so a step's share of it compares like with like.
     """
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)

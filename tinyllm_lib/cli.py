@@ -36,9 +36,9 @@ OUTPUTS = Path("outputs")
 # The seed's 1e-4 suits LoRA on a large model; on this 5M-parameter base, 3 epochs at 1e-4
 # barely move exact match (experiments/results/outcomes.md has the measurement). LoRA's
 # few, zero-initialised parameters take a higher rate than full fine-tuning, which can
-# overwrite what pretraining stored. 2e-3 lies between the best rates of the two adapters
-# the README measures: 3e-3 for q_proj, v_proj and 1e-3 for all-linear
-# (experiments/results/lr_sweep.md).
+# overwrite what pretraining stored. 2e-3 lies between the best rates found for the two
+# adapters the README measures: 3e-3 for q_proj, v_proj and 1e-3 for all-linear, of the
+# rates tried (experiments/results/lr_sweep.md).
 LORA_LR = 2e-3
 FULL_LR = 3e-4
 COMPILE_HELP = "torch.compile the training step: faster steps after a minute of compiling"
