@@ -2,9 +2,10 @@
 
     python experiments/lr_sweep.py --lrs 1e-3 2e-3 3e-3 --seeds 0      # 5-8 minutes a run
 
-Each run is the ``lora-all`` row of ``outcomes.py`` (``tinyllm train --epochs 3
---lora-targets all-linear``) with ``--lr`` and ``--seed`` set, scored by ``tinyllm eval`` on
-the test split and the held-out facts. The seed draws the LoRA A matrices and the order of
+Each run is a LoRA row of ``outcomes.py`` (``tinyllm train --epochs 3 --lora-targets
+TARGETS``; ``--targets`` picks ``all-linear``, the default, or ``q_proj,v_proj``) with
+``--lr`` and ``--seed`` set, scored by ``tinyllm eval`` on the test split and the held-out
+facts. The seed draws the LoRA A matrices and the order of
 the training batches, so runs that differ only in it show how far two fine-tunes of the same
 recipe land apart: a learning rate is better only by more than that.
 
@@ -19,9 +20,9 @@ import json
 import shlex
 from pathlib import Path
 
-from outcomes import REPO, RESULTS, run
+from outcomes import REPO, RESULTS, evaluate_splits, run
 
-from tinyllm_lib.cli import BASE_DIR, DATA_DIR
+from tinyllm_lib.cli import BASE_DIR
 
 OUT = Path("outputs/lr_sweep")
 SAVED = RESULTS / "lr_sweep.json"
@@ -35,12 +36,9 @@ def sweep_run(lr: str, seed: int, targets: str) -> dict:
     entry = {"lr": float(lr), "seed": seed, "targets": targets,
              "train_command": "tinyllm " + shlex.join(args).replace(f"{REPO}/", ""),
              "train_seconds": run(args)}
-    for split in ("test", "heldout_facts"):
-        report = out / f"{split}.json"
-        run(["eval", "--model", str(BASE_DIR), "--adapter", str(out / "adapter"),
-             "--data", str(DATA_DIR / f"{split}.jsonl"), "--json", str(report)])
-        result = json.loads(report.read_text())
-        entry[split] = {"accuracy": result["accuracy"], "mean_accuracy": result["mean_accuracy"]}
+    reports = evaluate_splits(["--model", str(BASE_DIR), "--adapter", str(out / "adapter")], out)
+    for split, report in reports.items():
+        entry[split] = {"accuracy": report["accuracy"], "mean_accuracy": report["mean_accuracy"]}
     return entry
 
 

@@ -59,6 +59,17 @@ def scratch_model(path: Path) -> Path:
     return path
 
 
+def evaluate_splits(flags: list[str], out: Path) -> dict[str, dict]:
+    """``tinyllm eval`` of one model (``flags``: --model, maybe --adapter) on the test split
+    and the held-out facts; each report is saved in ``out`` and returned by split name."""
+    reports = {}
+    for split in ("test", "heldout_facts"):
+        report = out / f"{split}.json"
+        run(["eval", *flags, "--data", str(DATA_DIR / f"{split}.jsonl"), "--json", str(report)])
+        reports[split] = json.loads(report.read_text())
+    return reports
+
+
 def model_flags(name: str) -> list[str]:
     if name == "base":
         return ["--model", str(BASE_DIR)]
@@ -81,11 +92,7 @@ def main_experiment() -> None:
                     "--out", str(OUT / name)]
             entry["train_command"] = "tinyllm " + shlex.join(args).replace(f"{REPO}/", "")
             entry["train_seconds"] = run(args)
-        for split in ("test", "heldout_facts"):
-            report = OUT / name / f"{split}.json"
-            run(["eval", *model_flags(name), "--data", str(DATA_DIR / f"{split}.jsonl"),
-                 "--json", str(report)])
-            entry[split] = json.loads(report.read_text())
+        entry.update(evaluate_splits(model_flags(name), OUT / name))
         results[name] = entry
         saved.write_text(json.dumps(results, indent=2) + "\n")
     write_table(results)
