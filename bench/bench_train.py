@@ -7,8 +7,11 @@ fastest it has, with the Trainer's default hyperparameters. Two sizes (the seed'
 default and the shipped base) and two precisions: float32, and bf16 autocast as
 ``--bf16`` training uses it (weights and optimizer in float32, matrix multiplies in bf16).
 
-Each side also runs compiled: ``torch.compile`` of the model, as ``TrainConfig(compile=True)``
-(``--compile``) trains TinyLLM; the speedup target is judged on TinyLLM's faster way
+Each side also runs compiled. TinyLLM's loss is the library's ``batch_nll_sum``, the
+function the Trainer calls for each micro-batch (forward pass and loss), and its compiled
+side is ``torch.compile`` of that function, as ``TrainConfig(compile=True)`` (``--compile``)
+trains; transformers' compiled side is ``torch.compile`` of its model, whose forward pass
+computes the loss when given labels. The speedup target is judged on TinyLLM's faster way
 against transformers' default (eager) step, and compiled against compiled is reported
 like for like.
 
@@ -46,7 +49,8 @@ from common import (
 from torch import nn
 
 from tinyllm_lib.config import ModelConfig, TrainConfig
-from tinyllm_lib.model import TinyLLM, lm_loss_sum
+from tinyllm_lib.model import TinyLLM
+from tinyllm_lib.train import batch_nll_sum
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 """Precision name -> autocast dtype (None: plain float32)."""
@@ -136,15 +140,15 @@ def autocast(dtype: torch.dtype | None) -> torch.autocast:
 
 
 def ours_loss(
-    model: TinyLLM, ids: torch.Tensor, dtype: torch.dtype | None
+    model: TinyLLM, ids: torch.Tensor, dtype: torch.dtype | None,
+    nll_sum: Callable[..., torch.Tensor] = batch_nll_sum,
 ) -> Callable[[], torch.Tensor]:
-    """TinyLLM's mean next-token loss, computed the way the library's Trainer does."""
+    """TinyLLM's mean next-token loss, computed by the Trainer's own ``batch_nll_sum`` (or
+    the compiled twin of it that ``TrainConfig(compile=True)`` uses)."""
+    label_tokens = ids[:, 1:].numel()  # random ids: every shifted label counts
 
     def loss() -> torch.Tensor:
-        with autocast(dtype):
-            logits = model(ids)
-        nll, count = lm_loss_sum(logits, ids)
-        return nll / count
+        return nll_sum(model, ids, ids, dtype == torch.bfloat16) / label_tokens
 
     return loss
 
@@ -174,21 +178,28 @@ def side_summary(timings: Timings, tokens: int, flops: float, peak: float) -> di
     }
 
 
+def compiled_losses(theirs: nn.Module) -> tuple[Callable[..., torch.Tensor], nn.Module]:
+    """What the compiled sides call: ``torch.compile`` of TinyLLM's ``batch_nll_sum``, as
+    the Trainer compiles it, and of transformers' model."""
+    return torch.compile(batch_nll_sum), torch.compile(theirs)
+
+
 def training_sides(
     ours: nn.Module, theirs: nn.Module, ids: torch.Tensor, dtype: torch.dtype | None,
     optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
-    compiled: tuple[nn.Module, nn.Module],
+    compiled: tuple[Callable[..., torch.Tensor], nn.Module],
 ) -> dict[str, Callable[[], None]]:
     """The four sides of one precision: each implementation's step eager and compiled.
 
-    A compiled side is ``torch.compile`` of its model (``compiled``): it shares the model's
-    weights and optimizer, and its first step builds its graph for this precision.
+    ``compiled`` comes from ``compiled_losses``: the compiled sides share the models'
+    weights and optimizers, and their first step builds a graph for this precision.
     """
     ours_optimizer, theirs_optimizer = optimizers
     compiled_ours, compiled_theirs = compiled
     return {
         "tinyllm": training_step(ours_loss(ours, ids, dtype), ours_optimizer),
-        "tinyllm_compiled": training_step(ours_loss(compiled_ours, ids, dtype), ours_optimizer),
+        "tinyllm_compiled": training_step(ours_loss(ours, ids, dtype, compiled_ours),
+                                          ours_optimizer),
         "transformers": training_step(theirs_loss(theirs, ids, dtype), theirs_optimizer),
         "transformers_compiled": training_step(
             theirs_loss(compiled_theirs, ids, dtype), theirs_optimizer),
@@ -205,7 +216,7 @@ def bench_size(
     ours.train()
     theirs.train()
     ours_optimizer, theirs_optimizer = adamw(ours), adamw(theirs)
-    compiled_ours, compiled_theirs = torch.compile(ours), torch.compile(theirs)
+    compiled = compiled_losses(theirs)
     ids = torch.randint(0, config.vocab_size, (args.batch_size, seq_len),
                         generator=torch.Generator().manual_seed(2))
     tokens = args.batch_size * seq_len
@@ -216,7 +227,7 @@ def bench_size(
         peak_size = peak_sizes[precision]
         timings = alternate(
             {**training_sides(ours, theirs, ids, dtype, (ours_optimizer, theirs_optimizer),
-                              (compiled_ours, compiled_theirs)),
+                              compiled),
              "matmul_peak": peak_matmul(PEAK_DTYPES[precision], peak_size)},
             rounds=args.rounds, warmup=args.warmup,
         )

@@ -10,10 +10,10 @@ category's median over a few profiled steps is reported:
 - ``optimizer``: the AdamW update;
 - ``casts``: dtype conversions and copies (``to``, ``copy_``: bf16 autocast's casts);
 - ``elementwise``: every other operator (norms, RoPE, SwiGLU, residual adds, ...);
-- ``fused``: a compiled step's generated kernels (``torch.compile`` fuses the model's
-  element-wise operators and casts into them; they run inside the ``CompiledFxGraph``
-  calls, while the matrix multiplies and attention stay ATen operators, and the loss,
-  computed outside the compiled model, stays ``loss``);
+- ``fused``: a compiled step's generated kernels (``torch.compile`` fuses the
+  element-wise operators, the casts and the loss into them; they run inside the
+  ``CompiledFxGraph`` calls, while the matrix multiplies and attention stay ATen
+  operators);
 - ``framework``: the rest of the step's wall time: Python, operator dispatch and the
   autograd engine's bookkeeping, with the profiler's own overhead.
 
@@ -30,10 +30,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
-from bench_train import PRECISIONS, adamw, training_sides
+from bench_train import PRECISIONS, adamw, compiled_losses, training_sides
 from common import machine_info, model_pair, model_sizes, set_threads, write_results
 from torch.profiler import ProfilerActivity, profile
 
@@ -46,9 +46,9 @@ FUSED_EVENT = "## Call CompiledFxGraph"
 """The profiler's name for a call of a compiled graph; its own time is the fused kernels'."""
 
 
-def category(op: str) -> str:
+def category(op: str, input_shapes: Sequence[Sequence[int]] = ()) -> str:
     """The category of an ATen operator name or a compiled graph's call (see the module
-    docstring)."""
+    docstring); the shapes of its inputs are not needed here."""
     if op.startswith(FUSED_EVENT):
         return "fused"
     name = op.removeprefix("aten::")
@@ -67,25 +67,27 @@ def category(op: str) -> str:
 
 def profile_step(
     step: Callable[[], None], categories: tuple[str, ...] = CATEGORIES,
-    categorize: Callable[[str], str] = category,
+    categorize: Callable[[str, Sequence[Sequence[int]]], str] = category,
 ) -> dict[str, float]:
     """Milliseconds per category for one profiled call of ``step``; ``categorize`` maps an
-    ATen operator to one of ``categories``, which include ``framework`` (the unaccounted)."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    ATen operator and the shapes of its inputs to one of ``categories``, which include
+    ``framework`` (the unaccounted)."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         start = time.perf_counter()
         step()
         wall_ms = (time.perf_counter() - start) * 1e3
     ms = dict.fromkeys(categories, 0.0)
-    for event in prof.key_averages():
+    for event in prof.key_averages(group_by_input_shape=True):
         if event.key.startswith(("aten::", FUSED_EVENT)):
-            ms[categorize(event.key)] += event.self_cpu_time_total / 1e3
+            ms[categorize(event.key, event.input_shapes)] += event.self_cpu_time_total / 1e3
     ms["framework"] = max(0.0, wall_ms - sum(ms.values()))
     return {"total": wall_ms, **ms}
 
 
 def profile_sides(
     sides: dict[str, Callable[[], None]], warmup: int, repeats: int,
-    categories: tuple[str, ...] = CATEGORIES, categorize: Callable[[str], str] = category,
+    categories: tuple[str, ...] = CATEGORIES,
+    categorize: Callable[[str, Sequence[Sequence[int]]], str] = category,
 ) -> dict[str, dict[str, float]]:
     """Per side, the median milliseconds per category over ``repeats`` profiled steps.
 
@@ -129,7 +131,7 @@ def main() -> None:
         ours.train()
         theirs.train()
         optimizers = adamw(ours), adamw(theirs)
-        compiled = torch.compile(ours), torch.compile(theirs)
+        compiled = compiled_losses(theirs)
         for precision, dtype in PRECISIONS.items():
             sides = training_sides(ours, theirs, ids, dtype, optimizers, compiled)
             for side, ms in profile_sides(sides, args.warmup, args.repeats).items():

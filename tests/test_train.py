@@ -22,11 +22,12 @@ from tinyllm_lib.config import PRESETS, LoRAConfig, TrainConfig
 from tinyllm_lib.data import collate
 from tinyllm_lib.evaluate import perplexity
 from tinyllm_lib.lora import apply_lora
-from tinyllm_lib.model import TinyLLM
+from tinyllm_lib.model import TinyLLM, lm_loss_sum
 from tinyllm_lib.train import (
     Trainer,
     TrainingDiverged,
     accumulate_gradients,
+    batch_nll_sum,
     lr_at,
     parameter_groups,
     trainable_parameters,
@@ -134,7 +135,7 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch():
     model.zero_grad()
     for i in range(0, 8, 2):
         batch = collate(examples[i : i + 2], PAD)
-        nll_sum, count = train.lm_loss_sum(model(batch.input_ids), batch.labels)
+        nll_sum, count = lm_loss_sum(model(batch.input_ids), batch.labels)
         (nll_sum / count / 4).backward()
     per_micro_mean = {n: p.grad.clone() for n, p in model.named_parameters()}
     assert relative_error(per_micro_mean, reference) > 1e-2
@@ -164,7 +165,7 @@ def saved_activation_bytes(model, batch) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        train.lm_loss_sum(model(batch.input_ids), batch.labels)
+        lm_loss_sum(model(batch.input_ids), batch.labels)
     return total
 
 
@@ -197,7 +198,7 @@ def test_a_compiled_training_run_follows_the_eager_one():
         torch.manual_seed(1)
         apply_lora(model, LoRAConfig(rank=4, alpha=8, target_modules="all-linear"))
         trainer, result = run(model, examples, batch_size=4, epochs=2, compile=compiled)
-        assert (trainer.step_model is model) != compiled
+        assert (trainer.batch_nll_sum is batch_nll_sum) != compiled
         histories.append([record.loss for record in result.history])
     assert histories[0] == pytest.approx(histories[1], rel=1e-4)
 

@@ -106,8 +106,9 @@ class TrainConfig:
     then follows a cosine down to ``min_lr_ratio * lr``. ``gradient_checkpointing``
     recomputes each decoder block's activations during backward instead of keeping them
     (less memory, for one extra forward pass of each block). ``compile`` runs the training
-    forward and backward through ``torch.compile``, which fuses the many small element-wise
-    operations (norms, RoPE, SwiGLU, casts) into a few generated kernels: faster steps,
+    forward pass, the loss and their backward through ``torch.compile``, which fuses the
+    many small element-wise operations (norms, RoPE, SwiGLU, casts, the log-softmax) into
+    a few generated kernels: faster steps,
     after a one-time compilation of about a minute on a 2-core CPU.
     """
 

@@ -173,20 +173,38 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        mask, is_causal = None, True
-        if cache is not None:
+        if cache is None:
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.kv_heads != self.num_heads,
+            )
+        else:
             k = cache.keys[layer].index_copy_(2, positions, k)
             v = cache.values[layer].index_copy_(2, positions, v)
-            # The query at position p sees the slots 0..p; later slots are empty or, in
-            # a chunk, its own future.
-            slots = torch.arange(cache.capacity, device=x.device)
-            mask, is_causal = slots[None, :] <= positions[:, None], False
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.kv_heads != self.num_heads,
-        )
+            out = cached_attention(q, k, v, positions)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+def cached_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` of new queries over a whole ``KVCache`` buffer.
+
+    The query at position p sees the slots 0..p: later slots are empty or, for a chunk
+    of several tokens, its own future, and get a score of ``-inf``. Written out rather
+    than through ``F.scaled_dot_product_attention``: a decode step has one query row, for
+    which the fused kernel's setup costs more than the arithmetic, while ``torch.compile``
+    fuses these few lines into a couple of loops (``bench/results``). Grouped-query heads
+    share a key and value head, repeated here to one per query head; the softmax is taken
+    in float32, as the fused kernel does, so that bf16 weights lose nothing there.
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    slots = torch.arange(k.shape[2], device=q.device)
+    scores = scores.masked_fill(slots[None, :] > positions[:, None], float("-inf"))
+    return (scores.float().softmax(dim=-1).to(v.dtype)) @ v
 
 
 class MLP(nn.Module):
@@ -296,21 +314,30 @@ class TinyLLM(nn.Module):
         return self.model.embed_tokens.weight.device
 
 
-def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token negative log-likelihood and the number of tokens it covers.
+def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token negative log-likelihood of ``logits`` against ``labels``.
 
     Labels are aligned with the inputs; position t's logits predict label t + 1. The
     labels are the ones shifted (one place left, an ignored label appended) rather than
     the logits: slicing ``logits[:, :-1]`` would copy the largest tensor of the step, and
-    its gradient once more. Returning the *sum* lets callers normalise by the token count
-    of a whole optimizer step (gradient accumulation) or a whole dataset (perplexity).
+    its gradient once more. Only tensors come out, no Python number, so ``torch.compile``
+    can trace the loss into the same graph as the model (``train.batch_nll_sum``).
     """
     shifted_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
-    nll = F.cross_entropy(
+    return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), shifted_labels,
         ignore_index=IGNORE_INDEX, reduction="sum",
     )
-    return nll, int((shifted_labels != IGNORE_INDEX).sum())
+
+
+def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token negative log-likelihood (``next_token_nll``) and the number of
+    tokens it covers: the labels other than ``IGNORE_INDEX`` after the shift.
+
+    Returning the *sum* lets callers normalise by the token count of a whole optimizer
+    step (gradient accumulation) or a whole dataset (perplexity).
+    """
+    return next_token_nll(logits, labels), int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def parameter_counts(config: ModelConfig) -> dict[str, int]:

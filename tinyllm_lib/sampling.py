@@ -288,12 +288,13 @@ def generate(
     KV cache saves.
 
     ``compile_step=True`` runs each single-token decode step through ``torch.compile``: the
-    step's hundreds of small operators become a few fused kernels. On two CPU cores that
-    makes the shipped base's steps about 1.5x as fast, the seed-sized model's (whose steps
-    mostly stream its larger weights through memory) about 1.25x (``bench/results``).
-    Building the compiled step costs about 20 seconds there, once per model and context
-    length, so it pays off for long or repeated generation, not for one short reply. It needs the
-    cache, whose fixed shapes make one graph serve every step.
+    step's hundreds of small operators become a few fused kernels, attention over the cache
+    (``cached_attention``) among them. On two CPU cores that makes generating with the
+    shipped base about 1.8x as fast, with the seed-sized model about 2.2x
+    (``bench/results/generate.json``). Building the compiled step costs about 25 seconds
+    there, once per model and context length, so it pays off for long or repeated
+    generation, not for one short reply. It needs the cache, whose fixed shapes make one
+    graph serve every step.
 
     Arguments are checked now, so a prompt longer than the context raises ``ValueError``
     at the call; the model runs only as the iterator is consumed. While the iterator is
@@ -313,7 +314,10 @@ def generate(
         raise ValueError("generate: compile_step needs use_cache=True (fixed shapes)")
     if generator is None and sampling.seed is not None and not sampling.greedy:
         generator = torch.Generator(device=parameter.device).manual_seed(sampling.seed)
-    step_model = torch.compile(model, dynamic=False) if compile_step else model
+    # cpp_wrapper: the compiled step's launcher is generated C++ rather than Python, which
+    # matters when the kernels it calls take microseconds (bench/results).
+    step_model = (torch.compile(model, dynamic=False, options={"cpp_wrapper": True})
+                  if compile_step else model)
     return _stream(model, step_model, prompt, sampling, frozenset(stop_ids), generator,
                    use_cache)
 

@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,7 +42,7 @@ from tinyllm_lib.chat import IGNORE_INDEX, EncodedChat
 from tinyllm_lib.config import TrainConfig, config_to_dict
 from tinyllm_lib.data import Batch, collate, epoch_order, label_token_count, micro_batches
 from tinyllm_lib.evaluate import mean_nll
-from tinyllm_lib.model import default_device, lm_loss_sum
+from tinyllm_lib.model import default_device, next_token_nll
 
 CHECKPOINT_DIR = "checkpoint"
 """Name of the checkpoint folder inside ``out_dir``."""
@@ -184,8 +184,25 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [group for group in groups if group["params"]]
 
 
+def batch_nll_sum(
+    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, bf16: bool = False
+) -> torch.Tensor:
+    """Summed next-token NLL of one micro-batch: the forward pass and the loss together.
+
+    One function, so that compiling it (``TrainConfig.compile``) puts the loss into the
+    same graph as the model: the log-softmax over the vocabulary then fuses with the
+    head's output instead of running as separate operators afterwards, which is a few
+    percent of a step at the shipped base's size (``bench/results``). ``bf16`` runs the
+    forward pass under bf16 autocast; the loss is taken in float32 either way.
+    """
+    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids)
+    return next_token_nll(logits, labels)
+
+
 def accumulate_gradients(
-    model: nn.Module, batches: Sequence[Batch], bf16: bool = False
+    model: nn.Module, batches: Sequence[Batch], bf16: bool = False,
+    nll_sum: Callable[..., torch.Tensor] = batch_nll_sum,
 ) -> StepLoss:
     """Backpropagate the mean NLL over *all* label tokens of one optimizer step.
 
@@ -193,18 +210,17 @@ def accumulate_gradients(
     backpropagates ``nll_sum / total_tokens``. Gradients add up across ``backward`` calls,
     so the sum is exactly the gradient of one big batch's token mean. Dividing each
     micro-batch by its own token count instead would weigh a token in a short micro-batch
-    more than one in a long micro-batch.
+    more than one in a long micro-batch. ``nll_sum`` computes a micro-batch's summed NLL:
+    ``batch_nll_sum``, or its compiled twin when the Trainer compiles.
     """
     device = next(model.parameters()).device
     total_tokens = sum(label_token_count(batch) for batch in batches)
     nll_total = torch.zeros((), device=device)
     for batch in batches:
         batch = batch.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(batch.input_ids)
-        nll_sum, _ = lm_loss_sum(logits, batch.labels)
-        (nll_sum / total_tokens).backward()
-        nll_total += nll_sum.detach()
+        batch_nll = nll_sum(model, batch.input_ids, batch.labels, bf16)
+        (batch_nll / total_tokens).backward()
+        nll_total += batch_nll.detach()
     input_tokens = sum(int(batch.attention_mask.sum()) for batch in batches)
     return StepLoss(float(nll_total), total_tokens, input_tokens)
 
@@ -329,11 +345,12 @@ class Trainer:
             if not hasattr(model, "gradient_checkpointing"):
                 raise ValueError(f"Trainer: {type(model).__name__} has no gradient checkpointing")
             model.gradient_checkpointing = True
-        # What a training step calls: the model itself, or its compiled twin, which shares
-        # the parameters (evaluation, checkpoints and the caller keep using ``model``).
+        # What a training step calls for each micro-batch's loss: batch_nll_sum, or its
+        # compiled twin, which traces the model's forward pass and the loss as one graph
+        # (evaluation, checkpoints and the caller keep using ``model`` as it is).
         # Fine-tuning batches vary in length; after the first new shape, dynamic=None
         # lets torch.compile build one graph for every length instead of one per length.
-        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.batch_nll_sum = torch.compile(batch_nll_sum) if config.compile else batch_nll_sum
         # fused=True: one kernel updates all parameters instead of a chain of for-each
         # operations; the same AdamW math with fewer passes over memory.
         self.optimizer = torch.optim.AdamW(
@@ -418,7 +435,7 @@ class Trainer:
         lr = lr_at(step, self.config, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = accumulate_gradients(self.step_model, batches, self.config.bf16)
+        loss = accumulate_gradients(self.model, batches, self.config.bf16, self.batch_nll_sum)
         params = list(trainable_parameters(self.model).values())
         grad_norm = float(nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
         if not (math.isfinite(loss.mean) and math.isfinite(grad_norm)):
