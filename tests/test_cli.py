@@ -5,7 +5,14 @@ import json
 import pytest
 
 from tinyllm_lib.chat import EncodedChat
-from tinyllm_lib.cli import main
+from tinyllm_lib.cli import (
+    FULL_LR,
+    LORA_ALL_LINEAR_LR,
+    LORA_LR,
+    build_parser,
+    default_lr,
+    main,
+)
 from tinyllm_lib.pretrain import pack_documents
 from tinyllm_lib.tokenizer import Tokenizer
 
@@ -133,3 +140,15 @@ def test_chat_session_commands_and_clean_exit(workspace, monkeypatch, capsys):
     assert "system prompt: Answer briefly." in out
     assert "top_p must be in [0, 1]" in out
     assert out.count("assistant> ") == 2
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], LORA_LR),
+    (["--lora-targets", "q_proj,k_proj"], LORA_LR),
+    (["--lora-targets", "all-linear"], LORA_ALL_LINEAR_LR),
+    (["--full"], FULL_LR),
+])
+def test_train_default_learning_rate_follows_the_adapter(flags, expected):
+    args = build_parser().parse_args(["train", *flags])
+    assert default_lr(args) == expected
+    assert len({LORA_LR, LORA_ALL_LINEAR_LR, FULL_LR}) == 3  # the cases tell them apart
