@@ -204,7 +204,7 @@ def cached_attention(
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     slots = torch.arange(k.shape[2], device=q.device)
     scores = scores.masked_fill(slots[None, :] > positions[:, None], float("-inf"))
-    return (scores.float().softmax(dim=-1).to(v.dtype)) @ v
+    return scores.float().softmax(dim=-1).to(v.dtype) @ v
 
 
 class MLP(nn.Module):
