@@ -134,6 +134,7 @@ class Timings:
 
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    first_run: float | None = None  # wall seconds of the first warm-up run (compiling, if any)
 
 
 def alternate(
@@ -145,10 +146,13 @@ def alternate(
     initialisation). Each round then runs each contender once, the order reversed
     every other round, so neither side always follows the other.
     """
-    for _ in range(warmup):
-        for run in contenders.values():
-            run()
     timings = {name: Timings() for name in contenders}
+    for index in range(warmup):
+        for name, run in contenders.items():
+            wall = time.perf_counter()
+            run()
+            if index == 0:
+                timings[name].first_run = time.perf_counter() - wall
     names = list(contenders)
     for index in range(rounds):
         for name in names if index % 2 == 0 else reversed(names):

@@ -105,7 +105,8 @@ class KVCache:
     Attention always reads the whole buffer, with the slots not yet written masked out:
     every decode step then has the same tensor shapes whatever its position, which is
     what lets ``torch.compile`` build one graph for all of them (``generate(...,
-    compile_step=True)``). The only Python number, ``length``, is kept by ``advance``.
+    compile_step=True)``). The only Python number, ``length``, is kept by ``advance``,
+    which the compiled step's caller runs, passing the positions in.
     """
 
     keys: list[torch.Tensor]
@@ -135,7 +136,8 @@ class KVCache:
 
         ``context`` is the model's context length; the buffer may be shorter. Kept out of
         compiled graphs: a graph that read ``length`` would be specialised to its value
-        and rebuilt at every step.
+        and rebuilt at every step, so a compiled step takes the positions as an input
+        (``TinyLLM.forward``'s ``positions``).
         """
         room = min(self.capacity, context)
         if self.length + seq > room:
@@ -281,11 +283,15 @@ class TinyLLM(nn.Module):
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits ``[batch, seq, vocab]`` for ``input_ids [batch, seq]``.
 
         With a ``cache``, ``input_ids`` continue the tokens already cached: their keys and
-        values are appended and ``cache.length`` advances.
+        values go to the cache slots ``positions``, by default the next ones
+        (``cache.advance``, which moves ``cache.length`` on).
         """
         seq = input_ids.shape[1]
         if cache is None:
@@ -295,7 +301,8 @@ class TinyLLM(nn.Module):
             positions = None
             cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
         else:
-            positions = cache.advance(seq, self.config.max_seq_len)
+            if positions is None:
+                positions = cache.advance(seq, self.config.max_seq_len)
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         x = self.model.embed_tokens(input_ids)
         cos, sin = cos.to(compute_dtype(x)), sin.to(compute_dtype(x))

@@ -18,7 +18,9 @@ logits, with removed tokens at ``-inf`` so that ``softmax`` gives them probabili
 ``process_logits`` applies them in that order over the whole vocabulary (what the
 playground draws); ``choose_next`` draws the token from the same processors kept to the
 few candidates top-k leaves (``sampling_candidates``), which gives the same distribution
-without sorting thousands of tokens at every step.
+without sorting thousands of tokens at every step. The draw is an exponential race
+(``pick_token``) with the randomness drawn beforehand, so that a compiled decode step can
+hold the sampling as well as the model (``decode_step``).
 
 ``generate`` runs the decoding loop with a KV cache: one forward pass over the prompt
 (*prefill*), then one single-token pass per new token (*decode* steps), each reusing the
@@ -28,7 +30,8 @@ keys and values cached for all earlier tokens.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,22 +92,26 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits / temperature
 
 
-def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k_candidates(
+    logits: torch.Tensor, k: int, keep_ties: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` highest logits and their token ids, ``[batch, n]`` each, in vocabulary
     order (so that a later sort breaks ties as it would on the whole vocabulary).
 
     Every token tied with the k-th highest logit is kept too, so ``n`` can exceed ``k``
     (in a batch, a row with fewer ties pads with ``-inf``); ``k`` larger than the
-    vocabulary keeps everything.
+    vocabulary keeps everything. ``keep_ties=False`` keeps exactly ``k``, ties broken as
+    ``torch.topk`` breaks them: a shape known in advance, which a compiled graph needs.
     """
     if k < 1:
         raise ValueError(f"top_k must be >= 1, got {k}")
     values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
-    kth_highest = values[..., -1:]
-    with_ties = int((logits >= kth_highest).sum(dim=-1).max())
-    if with_ties > values.shape[-1]:
-        values, ids = logits.topk(with_ties, dim=-1)
-        values = values.masked_fill(values < kth_highest, float("-inf"))
+    if keep_ties:
+        kth_highest = values[..., -1:]
+        with_ties = int((logits >= kth_highest).sum(dim=-1).max())
+        if with_ties > values.shape[-1]:
+            values, ids = logits.topk(with_ties, dim=-1)
+            values = values.masked_fill(values < kth_highest, float("-inf"))
     ids, order = ids.sort(dim=-1)
     return values.gather(-1, order), ids
 
@@ -184,7 +191,8 @@ class SamplingConfig:
 
 
 def sampling_candidates(
-    logits: torch.Tensor, prev_ids: torch.Tensor, sampling: SamplingConfig
+    logits: torch.Tensor, prev_ids: torch.Tensor, sampling: SamplingConfig,
+    keep_ties: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The active processors applied in order (penalty, temperature, top-k, top-p), kept
     to the tokens they leave: their processed logits and their ids, ``[batch, n]`` each.
@@ -193,6 +201,7 @@ def sampling_candidates(
     whole vocabulary and the draw is made among them: the same distribution (every other
     token has probability 0), at a fraction of the cost of each step. In greedy mode only
     the repetition penalty applies: the others never change which token is highest.
+    ``keep_ties`` is ``top_k_candidates``'.
     """
     if sampling.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, prev_ids, sampling.repetition_penalty)
@@ -201,7 +210,7 @@ def sampling_candidates(
     if sampling.greedy or not sampling.top_k:
         ids = torch.arange(logits.shape[-1], device=logits.device).expand_as(logits)
     else:
-        logits, ids = top_k_candidates(logits, sampling.top_k)
+        logits, ids = top_k_candidates(logits, sampling.top_k, keep_ties)
     if not sampling.greedy and sampling.top_p < 1.0:
         logits = top_p_filter(logits, sampling.top_p)
     return logits, ids
@@ -217,19 +226,67 @@ def process_logits(
     return torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
 
 
+def race_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """Exp(1) draws for ``pick_token``'s race, from ``generator`` (else torch's global one)."""
+    noise = torch.empty(shape, device=device if generator is None else generator.device)
+    return noise.exponential_(generator=generator).to(device)
+
+
+def pick_token(
+    values: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor | None
+) -> torch.Tensor:
+    """The chosen ids ``[batch, 1]`` among candidates (``sampling_candidates``): the
+    highest when ``noise`` is ``None`` (greedy), else a draw with probabilities
+    ``softmax(values)``.
+
+    The draw is an *exponential race*: candidate i runs with speed ``p_i`` a distance
+    ``E_i``, an Exp(1) draw from ``noise``, and the first to arrive wins, the largest
+    ``p_i / E_i``. Among independent exponential times, the one with rate ``p_i`` comes
+    first with probability ``p_i / sum(p)``: exactly ``torch.multinomial``'s
+    distribution. But the randomness is an input drawn beforehand, so the draw can run
+    inside a compiled graph, which cannot take a ``torch.Generator``
+    (``generate(compile_step=True)``).
+    """
+    if noise is None:
+        return ids.gather(-1, values.argmax(dim=-1, keepdim=True))
+    # An Exp(1) draw of exactly 0 would make a removed token's 0 / 0 a NaN, which wins.
+    race = values.softmax(dim=-1) / noise.clamp_min(torch.finfo(noise.dtype).tiny)
+    return ids.gather(-1, race.argmax(dim=-1, keepdim=True))
+
+
 def choose_next(
     logits: torch.Tensor, prev_ids: torch.Tensor, sampling: SamplingConfig,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Next token ids ``[batch, 1]`` for logits ``[batch, vocab]``: argmax or a sample."""
+    """Next token ids ``[batch, 1]`` for logits ``[batch, vocab]``: argmax or a draw."""
     values, ids = sampling_candidates(logits, prev_ids, sampling)
-    if sampling.greedy:
-        return ids.gather(-1, values.argmax(dim=-1, keepdim=True))
-    probs = values.softmax(dim=-1)
-    if generator is not None:
-        probs = probs.to(generator.device)
-    pick = torch.multinomial(probs, 1, generator=generator).to(logits.device)
-    return ids.gather(-1, pick)
+    noise = None if sampling.greedy else race_noise(values.shape, generator, logits.device)
+    return pick_token(values, ids, noise)
+
+
+def decode_step(
+    model: nn.Module, input_ids: torch.Tensor, cache: KVCache, positions: torch.Tensor,
+    prev_ids: torch.Tensor, noise: torch.Tensor | None, sampling: SamplingConfig,
+) -> torch.Tensor:
+    """One decode step as ``generate(compile_step=True)`` compiles it: the model's logits
+    for the token ``input_ids`` at cache slots ``positions``, and the next token chosen
+    from them, in one graph.
+
+    Fixed shapes make one graph serve every step: the positions come in as a tensor (from
+    ``KVCache.advance``, run outside), ``prev_ids`` is the whole token buffer (slots not yet
+    written hold an id outside the vocabulary, which the repetition penalty ignores),
+    ``noise`` has one draw per candidate, and top-k keeps exactly k (``keep_ties=False``).
+    """
+    logits = as_float(model(input_ids, cache, positions)[:, -1])
+    values, ids = sampling_candidates(logits, prev_ids, sampling, keep_ties=False)
+    return pick_token(values, ids, noise)
+
+
+def as_float(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32: a bf16 model's are sampled at full precision."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 # --------------------------------------------------------------------------- generation
@@ -287,14 +344,17 @@ def generate(
     the full forward pass at every step: the same tokens, only slower, to show what the
     KV cache saves.
 
-    ``compile_step=True`` runs each single-token decode step through ``torch.compile``: the
-    step's hundreds of small operators become a few fused kernels, attention over the cache
+    ``compile_step=True`` runs each single-token decode step through ``torch.compile``
+    (``decode_step``: the model and the sampling in one graph): the step's hundreds of
+    small operators become a few fused kernels, attention over the cache
     (``cached_attention``) among them. On two CPU cores that makes generating with the
-    shipped base about 1.8x as fast, with the seed-sized model about 2.2x
-    (``bench/results/generate.json``). Building the compiled step costs about 25 seconds
-    there, once per model and context length, so it pays off for long or repeated
-    generation, not for one short reply. It needs the cache, whose fixed shapes make one
-    graph serve every step.
+    shipped base about 2.2x as fast, with the seed-sized model about 1.9x
+    (``bench/results/generate.json``). Building the compiled step took 10 to 24 seconds
+    there from an empty compile cache, once per model, context length and sampling
+    setting, so it pays off for long or repeated generation, not for one short reply. It
+    needs the cache, whose fixed shapes make one graph serve every step. In the rare
+    case of logits tied at the k-th place it keeps exactly ``top_k`` candidates where the
+    eager step keeps every tied one; otherwise both give the same tokens.
 
     Arguments are checked now, so a prompt longer than the context raises ``ValueError``
     at the call; the model runs only as the iterator is consumed. While the iterator is
@@ -316,43 +376,46 @@ def generate(
         generator = torch.Generator(device=parameter.device).manual_seed(sampling.seed)
     # cpp_wrapper: the compiled step's launcher is generated C++ rather than Python, which
     # matters when the kernels it calls take microseconds (bench/results).
-    step_model = (torch.compile(model, dynamic=False, options={"cpp_wrapper": True})
-                  if compile_step else model)
-    return _stream(model, step_model, prompt, sampling, frozenset(stop_ids), generator,
-                   use_cache)
+    step = (torch.compile(functools.partial(decode_step, model, sampling=sampling),
+                          dynamic=False, options={"cpp_wrapper": True})
+            if compile_step else None)
+    return _stream(model, step, prompt, sampling, frozenset(stop_ids), generator, use_cache)
 
 
 def _stream(
-    model: nn.Module, step_model: nn.Module, prompt: torch.Tensor, sampling: SamplingConfig,
-    stop_ids: frozenset[int], generator: torch.Generator | None, use_cache: bool,
+    model: nn.Module, step: Callable[..., torch.Tensor] | None, prompt: torch.Tensor,
+    sampling: SamplingConfig, stop_ids: frozenset[int], generator: torch.Generator | None,
+    use_cache: bool,
 ) -> Iterator[int]:
-    """The decoding loop behind ``generate``: ``model`` reads the prompt, ``step_model``
-    (the same model, maybe compiled) makes each later token.
+    """The decoding loop behind ``generate``: the model reads the prompt, then makes each
+    later token, eagerly or through ``step`` (the compiled ``decode_step``).
 
     ``inference_mode`` wraps each computation, never a ``yield``: a context manager held
     across a ``yield`` would stay switched on in the caller's code between steps.
     """
     prompt_len = prompt.shape[1]
-    total = min(prompt_len + sampling.max_new_tokens, model.config.max_seq_len)
+    context, vocab_size = model.config.max_seq_len, model.config.vocab_size
+    total = min(prompt_len + sampling.max_new_tokens, context)
     if total == prompt_len:
         return
+    # The compiled step's candidates, one Exp(1) draw each (top-k keeps exactly k there).
+    candidates = min(sampling.top_k or vocab_size, vocab_size)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            # Every token so far, for the repetition penalty and the no-cache forward pass.
-            tokens = torch.empty((1, total), dtype=torch.long, device=prompt.device)
+            # Every token so far, for the repetition penalty and the no-cache forward pass;
+            # slots not yet written hold the out-of-vocabulary id vocab_size.
+            tokens = torch.full((1, total), vocab_size, dtype=torch.long, device=prompt.device)
             tokens[:, :prompt_len] = prompt
             cache = None
             if use_cache:
                 dtype = next(model.parameters()).dtype
                 cache = KVCache.empty(model.config, 1, total, prompt.device, dtype)
-            logits = model(prompt, cache)[:, -1]
+            logits = as_float(model(prompt, cache)[:, -1])
+            next_token = choose_next(logits, tokens, sampling, generator)
         for length in range(prompt_len, total):
-            with torch.inference_mode():
-                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-                next_token = choose_next(logits, tokens[:, :length], sampling, generator)
-                token_id = int(next_token)
+            token_id = int(next_token)
             if token_id in stop_ids:
                 return
             yield token_id
@@ -360,8 +423,15 @@ def _stream(
                 return
             with torch.inference_mode():
                 tokens[:, length] = next_token[:, 0]
-                step_input = next_token if use_cache else tokens[:, : length + 1]
-                logits = step_model(step_input, cache)[:, -1]
+                if step is not None:
+                    noise = (None if sampling.greedy else
+                             race_noise((1, candidates), generator, prompt.device))
+                    next_token = step(next_token, cache, cache.advance(1, context), tokens,
+                                      noise)
+                else:
+                    step_input = next_token if use_cache else tokens[:, : length + 1]
+                    logits = as_float(model(step_input, cache)[:, -1])
+                    next_token = choose_next(logits, tokens, sampling, generator)
     finally:
         model.train(was_training)
 
