@@ -63,35 +63,31 @@ class RMSNorm(nn.Module):
 def rope_tables(
     config: ModelConfig, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine and sine tables ``[max_seq_len, head_dim]`` for rotary position embedding.
+    """Cosine and sine tables ``[max_seq_len, head_dim // 2]`` for rotary position
+    embedding: one angle per position and pair of dimensions.
 
     Pair ``i`` of each head's dimensions turns by angle ``position * theta^(-2i/head_dim)``:
     fast-turning pairs encode fine position, slow ones coarse position. Like Llama, the
-    pairs are (i, i + head_dim/2), so each frequency appears twice in the table.
+    pairs are (i, i + head_dim/2): the first half of a head's dimensions against the second.
     """
     dim = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     positions = torch.arange(config.max_seq_len, dtype=torch.float64)
     angles = torch.outer(positions, inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().float().to(device), angles.sin().float().to(device)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Map each pair (a, b) = (x[i], x[i + d/2]) to (-b, a): a 90-degree turn."""
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat([-second, first], dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x [batch, heads, seq, head_dim]`` by the angles of its positions.
 
-    After rotation, the dot product of a query at position m and a key at position n
-    depends only on m - n: attention sees relative position for free. The tables should
-    be in ``x``'s dtype already: ``TinyLLM.forward`` converts them once per pass, not
-    twice per layer.
+    Each pair ``(a, b) = (x[i], x[i + d/2])`` turns by its angle, the 2-D rotation
+    ``(a cos - b sin, b cos + a sin)``. After rotation, the dot product of a query at
+    position m and a key at position n depends only on m - n: attention sees relative
+    position for free. The tables should be in ``x``'s dtype already: ``TinyLLM.forward``
+    converts them once per pass, not twice per layer.
     """
-    return x * cos + rotate_half(x) * sin
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
 
 
 @dataclass
