@@ -108,8 +108,8 @@ class TrainConfig:
     (less memory, for one extra forward pass of each block). ``compile`` runs the training
     forward pass, the loss and their backward through ``torch.compile``, which fuses the
     many small element-wise operations (norms, RoPE, SwiGLU, casts, the log-softmax) into
-    a few generated kernels: faster steps,
-    after a one-time compilation of about a minute on a 2-core CPU.
+    a few generated kernels: faster steps, after a one-time compilation of about a minute
+    on a 2-core CPU.
     """
 
     epochs: int = 3
