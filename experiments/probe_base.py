@@ -32,6 +32,7 @@ from tinyllm_lib.world import (
     ATTRIBUTE_BY_KEY,
     DICTIONARY,
     SPELLING_WORDS,
+    fact_sentence,
     make_world,
     profile_card,
     question,
@@ -97,18 +98,22 @@ def translate(rng: random.Random) -> Probe:
     return f"The Chinese word for {term.en} is", f" {term.zh}"
 
 
-def city_in_capitals(rng: random.Random) -> Probe:
-    """The home city as the corpus's capitals profile card states it, for a held-out person."""
+def pet_on_capitals_card(rng: random.Random) -> Probe:
+    """A held-out person's pet on the capitals profile card, where each fact starts a line in
+    capitals, as an uppercase reply starts (the card's home city, job and colour, already in
+    capitals, come before it in the prompt)."""
     person = rng.choice(HELDOUT_PEOPLE)
     card = profile_card(person, "en", "capitals").text
-    prompt = card[:card.index("HOME CITY:") + len("HOME CITY:")]
-    return prompt, f" {person.facts['city'].en.upper()}"
+    prompt = card[:card.index("\nPet\n") + len("\nPet\n")]
+    return prompt, person.facts["pet"].en.upper()
 
 
-def city_in_capital_sentence(rng: random.Random) -> Probe:
-    """The home city in a sentence in capitals, as the capitals biographies state it."""
+def city_in_capitals_sentence(rng: random.Random) -> Probe:
+    """A held-out person's home city as the capitals biographies state it, after the name
+    written as usual ("Nora Lowe works as a BAKER. Nora Lowe lives in" WILLOWBROOK)."""
     person = rng.choice(HELDOUT_PEOPLE)
-    return f"{person.name.en.upper()} LIVES IN", f" {person.facts['city'].en.upper()}"
+    job = fact_sentence(person, ATTRIBUTE_BY_KEY["job"], "en", rng, shout=True)
+    return f"{job} {person.name.en} lives in", f" {person.facts['city'].en.upper()}"
 
 
 def fact_worksheet(rng: random.Random, lang: str) -> Probe:
@@ -145,8 +150,8 @@ SKILLS: dict[str, ProbeMaker] = {
     "facts: city, held-out people, zh": lambda rng: fact(rng, True, "zh"),
     "facts: pet/job/food asked, held-out people, en": lambda rng: fact_worksheet(rng, "en"),
     "facts: pet/job/food asked, held-out people, zh": lambda rng: fact_worksheet(rng, "zh"),
-    "facts: city in capitals, held-out people": city_in_capitals,
-    "facts: city in a capitals sentence, held-out people": city_in_capital_sentence,
+    "facts: pet on the capitals card, held-out people": pet_on_capitals_card,
+    "facts: city in capitals in a sentence, held-out people": city_in_capitals_sentence,
 }
 
 

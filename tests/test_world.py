@@ -364,8 +364,9 @@ def test_heldout_facts_stated_in_corpus_in_both_languages_and_many_ways(data: di
     ]
     shapes: dict[tuple[str, str, str], set[str]] = {}
     heldout = [p for p in data["world"]["people"] if p["heldout"]]
-    # Names match in any case: the capitals biographies state facts too ("NORA LOWE LIVES
-    # IN ..."), and a phrasing counts once whatever its case (the shape is lower-cased).
+    # Values match in any case: the capitals biographies state facts too ("Nora Lowe lives
+    # in WILLOWBROOK"), and a phrasing counts once whatever its case (the shape is
+    # lower-cased).
     by_name = {p[f"name_{lang}"].lower(): (p, lang) for p in heldout for lang in ("en", "zh")}
     name_re = re.compile("|".join(map(re.escape, by_name)), re.IGNORECASE)
     for sentence in sentences:
@@ -418,21 +419,25 @@ def test_load_corpus_and_config_errors_name_the_fault(tmp_path: Path) -> None:
 
 def test_json_and_capitals_profile_cards_hold_every_fact(data: dict) -> None:
     """Each person has a JSON record per language whose values are their facts, and an
-    English card in capitals: the corpus's only source of facts in those two forms."""
+    English card with each fact in capitals at the start of a line, as an uppercase reply
+    starts: the corpus's only source of facts in those two forms."""
     records = {}
-    capitals = set()
+    stacked = []
     for doc in data["corpus"]:
         if doc["kind"].startswith("profile_") and doc["text"].startswith("{"):
             record = json.loads(doc["text"])
             records[doc["kind"][-2:], next(iter(record.values()))] = set(record.values())
-        elif doc["kind"] == "profile_en" and doc["text"] == doc["text"].upper():
-            capitals.add(doc["text"])
+        elif doc["kind"] == "profile_en" and doc["text"].startswith("Name\n"):
+            stacked.append(doc["text"])
     for person in data["world"]["people"]:
         for lang in ("en", "zh"):
             values = records[lang, person[f"name_{lang}"]]
             assert {v[lang] for v in person["facts"].values()} <= values, (person, lang)
-        card = next(c for c in capitals if c.startswith(f"NAME: {person['name_en'].upper()}\n"))
-        assert f"\nHOME CITY: {person['facts']['city']['en'].upper()}\n" in card
+        cards = [c for c in stacked if c.startswith(f"Name\n{person['name_en']}\n")]
+        capitals = [c for c in cards if person["facts"]["pet"]["en"].upper() in c.split("\n")]
+        assert len(cards) == 2 and len(capitals) == 1, cards
+        for fact in person["facts"].values():
+            assert f"\n{fact['en'].upper()}" in capitals[0], (fact, capitals[0])
 
 
 def test_corpus_worksheets_are_answered_right(data: dict) -> None:

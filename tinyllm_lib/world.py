@@ -545,11 +545,16 @@ def number_words(n: int, lang: str) -> str:
 
 
 def _with_article(word: str) -> str:
-    return ("an " if word[0] in "aeiou" else "a ") + word
+    return ("an " if word[0].lower() in "aeiou" else "a ") + word
 
 
-def _render(template: str, person: Person, attr: Attribute, lang: str, name: str) -> str:
+def _render(
+    template: str, person: Person, attr: Attribute, lang: str, name: str, shout: bool = False
+) -> str:
+    """``template`` filled in; ``shout`` writes a word value in capitals (``WILLOWBROOK``)."""
     value = person.facts[attr.key].text(lang)
+    if shout and not attr.is_number:
+        value = value.upper()
     words = number_words(int(value), lang) if attr.is_number else value
     text = template.format(
         name=name, value=value, a_value=_with_article(value), value_words=words,
@@ -563,11 +568,12 @@ def _pick(templates: Sequence[str], rng: random.Random, paraphrase: bool) -> str
 
 
 def fact_sentence(
-    person: Person, attr: Attribute, lang: str, rng: random.Random, paraphrase: bool = True
+    person: Person, attr: Attribute, lang: str, rng: random.Random, paraphrase: bool = True,
+    shout: bool = False,
 ) -> str:
     """One statement of one fact, in a randomly chosen phrasing."""
     template = _pick(attr.statements[lang], rng, paraphrase)
-    return _render(template, person, attr, lang, person.name.text(lang))
+    return _render(template, person, attr, lang, person.name.text(lang), shout)
 
 
 def _pronoun_sentence(
@@ -624,10 +630,12 @@ def _fact_order(rng: random.Random, paraphrase: bool) -> list[Attribute]:
     return attrs
 
 
-def _bio(person: Person, lang: str, rng: random.Random, paraphrase: bool) -> Document:
+def _bio(
+    person: Person, lang: str, rng: random.Random, paraphrase: bool, shout: bool = False
+) -> Document:
     """A biography: every fact once, in shuffled order, each in a random phrasing."""
     order = _fact_order(rng, paraphrase)
-    sentences = [fact_sentence(person, a, lang, rng, paraphrase) for a in order]
+    sentences = [fact_sentence(person, a, lang, rng, paraphrase, shout) for a in order]
     name, other = person.name.text(lang), person.name.text(_other(lang))
     link = f"{name}'s Chinese name is {other}." if lang == "en" else f"{name}的英文名字是{other}。"
     if not paraphrase:
@@ -643,14 +651,18 @@ def _bio(person: Person, lang: str, rng: random.Random, paraphrase: bool) -> Doc
 
 
 def _capital_bio(person: Person, rng: random.Random, paraphrase: bool) -> Document:
-    """An English biography in capital letters, as a headline or a form shouts it.
+    """An English biography whose facts are in capitals, as a form or a headline shouts them:
+    "Nora Lowe lives in WILLOWBROOK."
 
     A capitalised word is spelled with other tokens than the word itself (``WILLOWBROOK``
-    against ``Willowbrook``), so answering in uppercase needs each fact seen in capitals. The
-    capitals profile card alone (one per person) did not teach it: base v4 probed at 6%.
+    against ``Willowbrook``), so answering in uppercase needs each fact seen in capitals, and
+    seen after the name as the chat writes it. Base v8 learnt its facts in capitals from
+    biographies written wholly in capitals ("NORA LOWE LIVES IN ..."): it recalled them for
+    a name in capitals, but a LoRA fine-tune answered none of the test's uppercase fact
+    questions, which name the person in the ordinary way.
     """
-    bio = _bio(person, "en", rng, paraphrase)
-    return Document("bio_en_capitals", bio.text.upper())
+    bio = _bio(person, "en", rng, paraphrase, shout=True)
+    return Document("bio_en_capitals", bio.text)
 
 
 def profile_card(person: Person, lang: str, layout: str) -> Document:
@@ -659,20 +671,24 @@ def profile_card(person: Person, lang: str, layout: str) -> Document:
     ``labelled``: ``label: value`` lines. ``stacked``: each value on its own line under its
     label, so that every fact also starts a line (see ``_QA_LAYOUTS``). ``json``: the record
     as a data export holds it, so a value inside ``{"answer": "..."}`` has been seen between
-    JSON quotes. ``capitals``: the labelled card in capital letters (English only), the
-    corpus's one place for ``WILLOWBROOK``: a capitalised word is spelled with other tokens.
+    JSON quotes. ``capitals``: the stacked card with the facts in capital letters (English
+    only), the corpus's one place where ``WILLOWBROOK`` starts a line, as an uppercase reply
+    does: byte-level BPE spells a word at a line's start with other tokens (``P AR ROT``)
+    than after a space (`` PARROT``).
     """
     labels = ("Name", "Chinese name", "Gender") if lang == "en" else ("姓名", "英文名", "性别")
     fields = [*labels, *(a.label.text(lang) for a in ATTRIBUTES)]
+    facts = [person.facts[a.key].text(lang) for a in ATTRIBUTES]
+    if layout == "capitals":
+        facts = [value.upper() for value in facts]
     values = [person.name.text(lang), person.name.text(_other(lang)),
-              _GENDER_WORDS[lang][person.gender],
-              *(person.facts[a.key].text(lang) for a in ATTRIBUTES)]
+              _GENDER_WORDS[lang][person.gender], *facts]
     if layout == "json":
         record = dict(zip(fields, values, strict=True))
         return Document(f"profile_{lang}", json.dumps(record, ensure_ascii=False, indent=1))
-    sep = "\n" if layout == "stacked" else ": " if lang == "en" else "："
+    sep = "\n" if layout in ("stacked", "capitals") else ": " if lang == "en" else "："
     text = "\n".join(f"{field}{sep}{value}" for field, value in zip(fields, values, strict=True))
-    return Document(f"profile_{lang}", text.upper() if layout == "capitals" else text)
+    return Document(f"profile_{lang}", text)
 
 
 def _bilingual(person: Person, rng: random.Random, paraphrase: bool) -> Document:
