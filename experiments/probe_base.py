@@ -184,7 +184,7 @@ def main() -> None:
     results: dict[str, float] = {}
     for name, make in SKILLS.items():
         results[name] = skill_accuracy(model, tokenizer, make)
-        print(f"{name:46s} {results[name]:6.0%}")
+        print(f"{name:56s} {results[name]:6.0%}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -656,10 +656,10 @@ def _capital_bio(person: Person, rng: random.Random, paraphrase: bool) -> Docume
 
     A capitalised word is spelled with other tokens than the word itself (``WILLOWBROOK``
     against ``Willowbrook``), so answering in uppercase needs each fact seen in capitals, and
-    seen after the name as the chat writes it. Base v8 learnt its facts in capitals from
-    biographies written wholly in capitals ("NORA LOWE LIVES IN ..."): it recalled them for
-    a name in capitals, but a LoRA fine-tune answered none of the test's uppercase fact
-    questions, which name the person in the ordinary way.
+    seen after the name as the chat writes it. Base v8 saw its facts in capitals only in
+    biographies written wholly in capitals ("NORA LOWE LIVES IN ..."), and a LoRA fine-tune
+    on it answered none of the 9 test questions that ask for a fact in uppercase: the
+    questions name the person as usual.
     """
     bio = _bio(person, "en", rng, paraphrase, shout=True)
     return Document("bio_en_capitals", bio.text)
@@ -1006,7 +1006,7 @@ def pretrain_corpus(world: World, config: DataConfig | None = None) -> list[Docu
     """Every pretraining document, in a seeded shuffled order.
 
     Per person: ``bios_per_person`` biographies, ``capital_bios_per_person`` English ones
-    in capitals, and a profile card in each of
+    with the facts in capitals, and a profile card in each of
     ``PROFILE_LAYOUTS`` per language and ``bilingual_per_person`` English/Chinese documents; about
     ``stories_per_person`` stories per language feature each person; each city lists its
     residents. ``qa_docs`` plain-text Q/A documents (both layouts) ask only about train facts
