@@ -548,13 +548,17 @@ def _with_article(word: str) -> str:
     return ("an " if word[0].lower() in "aeiou" else "a ") + word
 
 
+def _fact_value(person: Person, attr: Attribute, lang: str, shout: bool = False) -> str:
+    """One of ``person``'s facts as text; ``shout`` writes a word in capitals (``WILLOWBROOK``)."""
+    value = person.facts[attr.key].text(lang)
+    return value.upper() if shout and not attr.is_number else value
+
+
 def _render(
     template: str, person: Person, attr: Attribute, lang: str, name: str, shout: bool = False
 ) -> str:
-    """``template`` filled in; ``shout`` writes a word value in capitals (``WILLOWBROOK``)."""
-    value = person.facts[attr.key].text(lang)
-    if shout and not attr.is_number:
-        value = value.upper()
+    """``template`` filled in with ``person``'s fact (see ``_fact_value`` for ``shout``)."""
+    value = _fact_value(person, attr, lang, shout)
     words = number_words(int(value), lang) if attr.is_number else value
     text = template.format(
         name=name, value=value, a_value=_with_article(value), value_words=words,
@@ -678,9 +682,7 @@ def profile_card(person: Person, lang: str, layout: str) -> Document:
     """
     labels = ("Name", "Chinese name", "Gender") if lang == "en" else ("姓名", "英文名", "性别")
     fields = [*labels, *(a.label.text(lang) for a in ATTRIBUTES)]
-    facts = [person.facts[a.key].text(lang) for a in ATTRIBUTES]
-    if layout == "capitals":
-        facts = [value.upper() for value in facts]
+    facts = [_fact_value(person, a, lang, shout=layout == "capitals") for a in ATTRIBUTES]
     values = [person.name.text(lang), person.name.text(_other(lang)),
               _GENDER_WORDS[lang][person.gender], *facts]
     if layout == "json":
