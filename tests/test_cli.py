@@ -1,6 +1,8 @@
 """The command line end to end on a tiny model: pretrain, train, eval, chat, flag errors."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -152,3 +154,14 @@ def test_train_default_learning_rate_follows_the_adapter(flags, expected):
     args = build_parser().parse_args(["train", *flags])
     assert default_lr(args) == expected
     assert len({LORA_LR, LORA_ALL_LINEAR_LR, FULL_LR}) == 3  # the cases tell them apart
+
+
+def test_importing_the_library_leaves_the_compiler_unloaded():
+    """``import tinyllm_lib.cli`` must not load torch._dynamo: it costs every process that
+    only chats or evaluates about 1.4 s and 70 MB (torch.utils.checkpoint and
+    torch.compiler.disable load it, so model.py imports the first where it is used and
+    does without the second)."""
+    code = "import sys, tinyllm_lib.cli; print('torch._dynamo' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
