@@ -171,6 +171,25 @@ def memory_section(data: dict[str, Any]) -> list[str]:
             )
         lines.append("- LoRA with checkpointing / full without: "
                      f"{ratios['lora_checkpointing_over_plain_full']:.0%}.")
+    lines += [
+        "",
+        f"By model size (same batch, {data['sweep_allocator']}, no checkpointing). LoRA saves "
+        "the gradients and AdamW moments of the frozen weights (12 bytes a parameter); the "
+        "floor (a process holding the model) and the activations stay, so LoRA's share "
+        "falls as the model grows. `floor bound`: the smallest share possible at that size, "
+        "floor / (floor + gradients and moments), were the activations free.",
+        "",
+    ]
+    rows = [
+        [row["size"], f"{row['parameters']:,}"]
+        + [f"{row['peak_rss_mb'][mode]:.0f}" for mode in ("model", "full", "lora")]
+        + [f"{row['full_state_mb']:.0f}", f"{row['lora_saving_mb']:.0f}",
+           f"{row['lora_over_full']:.0%}", f"{row['floor_bound']:.0%}", met(row["target_met"])]
+        for row in data["sweep"]
+    ]
+    lines += table(["size (hidden x layers)", "parameters", "model (MB)", "full (MB)",
+                    "LoRA (MB)", "gradients + moments (MB)", "LoRA saves (MB)", "LoRA / full",
+                    "floor bound", f"at most {data['target']:.0%}"], rows)
     return lines + ["", machine_line(data["machine"]), ""]
 
 

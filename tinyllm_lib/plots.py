@@ -323,18 +323,20 @@ def accuracy_bars(series: Mapping[str, Mapping[str, float]], title: str) -> Figu
 # --- Appendix: benchmarks ---
 
 
-def speed_bars(
+def grouped_bars(
     groups: Sequence[str],
     series: Mapping[str, Sequence[float]],
     notes: Sequence[str],
     title: str,
     marks: Sequence[float] | None = None,
     mark_label: str = "target",
+    ylabel: str = "tokens / s",
 ) -> Figure:
-    """Tokens/s per group, one bar colour per implementation, a note above each group.
+    """One value per group and series (e.g. tokens/s per implementation), a note above
+    each group.
 
     ``marks`` (optional, one per group) draws a black dash over the first series' bar: the
-    tokens/s that series would need, e.g. to reach a speedup target.
+    value that series would need, e.g. to reach a speedup target.
     """
     fig, ax = plt.subplots(figsize=(8, 4))
     positions, width = grouped_bar_positions(len(groups), len(series))
@@ -359,7 +361,7 @@ def speed_bars(
         ax.annotate(note, (position, top), xytext=(0, 14), textcoords="offset points",
                     ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, groups)
-    ax.set(ylabel="tokens / s", title=title)
+    ax.set(ylabel=ylabel, title=title)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
