@@ -11,13 +11,13 @@ from tinyllm_lib.data import (
     DatasetError,
     collate,
     epoch_order,
-    label_token_count,
     load_conversations,
     load_task_names,
     micro_batches,
     tokenize_conversations,
     write_jsonl,
 )
+from tinyllm_lib.model import label_token_count
 from tinyllm_lib.tokenizer import Tokenizer
 
 CONVERSATIONS = [
@@ -193,7 +193,7 @@ def test_collate_pads_on_the_right(tok):
     for tensor in (batch.input_ids, batch.labels, batch.attention_mask):
         assert tensor.dtype == torch.long and tensor.shape == (3, 3)
     # Shifted labels: row 0 keeps 6 and 7; row 1 lost its only label (position 0).
-    assert label_token_count(batch) == 2
+    assert label_token_count(batch.labels) == 2
     moved = batch.to("cpu")
     assert isinstance(moved, Batch) and torch.equal(moved.labels, batch.labels)
 
@@ -203,7 +203,7 @@ def test_label_token_count_matches_a_count_over_the_examples(tok):
     expected = sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples)
     replies = [m["content"] for c in CONVERSATIONS for m in c if m["role"] == "assistant"]
     assert expected == sum(len(tok.encode(r)) + 1 for r in replies)  # + 1: each <|im_end|>
-    assert label_token_count(collate(examples, tok.pad_id)) == expected
+    assert label_token_count(collate(examples, tok.pad_id).labels) == expected
 
 
 def test_collate_rejects_an_empty_batch():

@@ -253,16 +253,6 @@ def collate(examples: Sequence[EncodedChat], pad_id: int) -> Batch:
     return Batch(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
 
 
-def label_token_count(batch: Batch) -> int:
-    """How many positions the loss is taken over: labels other than -100 after the shift.
-
-    The first label is dropped because no earlier position predicts it. Summing this over
-    the micro-batches of an optimizer step gives the denominator that makes gradient
-    accumulation equal one large batch.
-    """
-    return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
-
-
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     """The shuffled example indices of one epoch, the same for a given seed and epoch.
 

@@ -335,14 +335,25 @@ def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+def label_token_count(labels: torch.Tensor) -> int:
+    """How many positions the loss is taken over: labels other than ``IGNORE_INDEX`` after
+    the shift.
+
+    The first label is dropped because no earlier position predicts it. Summing this over
+    the micro-batches of an optimizer step gives the denominator that makes gradient
+    accumulation equal one large batch.
+    """
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed next-token negative log-likelihood (``next_token_nll``) and the number of
-    tokens it covers: the labels other than ``IGNORE_INDEX`` after the shift.
+    tokens it covers (``label_token_count``).
 
     Returning the *sum* lets callers normalise by the token count of a whole optimizer
     step (gradient accumulation) or a whole dataset (perplexity).
     """
-    return next_token_nll(logits, labels), int((labels[:, 1:] != IGNORE_INDEX).sum())
+    return next_token_nll(logits, labels), label_token_count(labels)
 
 
 def parameter_counts(config: ModelConfig) -> dict[str, int]:

@@ -40,9 +40,9 @@ from tqdm.auto import tqdm
 
 from tinyllm_lib.chat import IGNORE_INDEX, EncodedChat
 from tinyllm_lib.config import TrainConfig, config_to_dict
-from tinyllm_lib.data import Batch, collate, epoch_order, label_token_count, micro_batches
+from tinyllm_lib.data import Batch, collate, epoch_order, micro_batches
 from tinyllm_lib.evaluate import mean_nll
-from tinyllm_lib.model import default_device, next_token_nll
+from tinyllm_lib.model import default_device, label_token_count, next_token_nll
 
 CHECKPOINT_DIR = "checkpoint"
 """Name of the checkpoint folder inside ``out_dir``."""
@@ -214,7 +214,7 @@ def accumulate_gradients(
     ``batch_nll_sum``, or its compiled twin when the Trainer compiles.
     """
     device = next(model.parameters()).device
-    total_tokens = sum(label_token_count(batch) for batch in batches)
+    total_tokens = sum(label_token_count(batch.labels) for batch in batches)
     nll_total = torch.zeros((), device=device)
     for batch in batches:
         batch = batch.to(device)
