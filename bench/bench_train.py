@@ -180,7 +180,14 @@ def side_summary(timings: Timings, tokens: int, flops: float, peak: float) -> di
 
 def compiled_losses(theirs: nn.Module) -> tuple[Callable[..., torch.Tensor], nn.Module]:
     """What the compiled sides call: ``torch.compile`` of TinyLLM's ``batch_nll_sum``, as
-    the Trainer compiles it, and of transformers' model."""
+    the Trainer compiles it, and of transformers' model.
+
+    Compiled from scratch for each model size, as in a process that trains one model:
+    ``torch.compile`` remembers what it compiled before, and at a second size it would mark
+    the numbers that changed (heads, context) as dynamic and build slower graphs generic
+    in them (automatic dynamic shapes), which a real training run never sees.
+    """
+    torch._dynamo.reset()
     return torch.compile(batch_nll_sum), torch.compile(theirs)
 
 
