@@ -144,15 +144,17 @@ def sweep(runs: list[dict], args: argparse.Namespace) -> list[dict]:
     """LoRA against full fine-tuning at each size of ``SWEEP`` (the seed's from ``runs``)."""
     rows = []
     for size, config in SWEEP.items():
-        peak = {r["mode"]: r for r in runs if r["allocator"] == SWEEP_ALLOCATOR
-                and not r["gradient_checkpointing"]} if size == "seed" else {
-            mode: measure(mode, False, SWEEP_ALLOCATOR, args, size) for mode in MODES}
-        floor, full, lora = (peak[mode]["peak_rss_mb"] for mode in MODES)
-        state_mb = 12 * peak["full"]["trainable"] / 2**20  # gradient + two moments, fp32
+        if size == "seed":  # measured already, among the runs without checkpointing
+            report = {r["mode"]: r for r in runs
+                      if r["allocator"] == SWEEP_ALLOCATOR and not r["gradient_checkpointing"]}
+        else:
+            report = {mode: measure(mode, False, SWEEP_ALLOCATOR, args, size) for mode in MODES}
+        peak = {mode: report[mode]["peak_rss_mb"] for mode in MODES}
+        floor, full, lora = (peak[mode] for mode in MODES)
+        state_mb = 12 * report["full"]["trainable"] / 2**20  # gradient + two moments, fp32
         rows.append({
             "size": size, "model": config_summary(config),
-            "parameters": peak["full"]["total"], "peak_rss_mb": {m: peak[m]["peak_rss_mb"]
-                                                                for m in MODES},
+            "parameters": report["full"]["total"], "peak_rss_mb": peak,
             "lora_over_full": round(lora / full, 3),
             "full_state_mb": round(state_mb, 1),
             "lora_saving_mb": round(full - lora, 1),
