@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tinyllm_lib import files
 from tinyllm_lib.checkpoint import (
     CONFIG_FILE,
     TOKENIZER_FILE,
@@ -108,10 +109,14 @@ def test_a_crash_mid_save_leaves_the_old_model_intact(tmp_path, tokenizer, monke
     save_pretrained(old, tokenizer, target)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
 
-    def crash(path):
-        raise OSError("disk full")
+    write = files._write_synced
 
-    monkeypatch.setattr(tokenizer, "save", crash)
+    def crash(path, data):  # the second file of the new model does not fit
+        if path.name == WEIGHTS_FILE:
+            raise OSError("disk full")
+        write(path, data)
+
+    monkeypatch.setattr(files, "_write_synced", crash)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(make_model(seed=1), tokenizer, target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
@@ -132,10 +137,10 @@ def test_missing_directory_and_files_are_named(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("change, message", [
     ({"num_layers": 3}, "unknown field(s) ['num_layers']"),
-    ({"hidden_size": "64"}, "'hidden_size' must be int"),
+    ({"hidden_size": "64"}, "'hidden_size' must be an int"),
     ({"num_hidden_layers": 0}, "'num_hidden_layers' must be >= 1"),
     ({"vocab_size": None}, "missing field 'vocab_size'"),
-    ({"rms_norm_eps": None, "keep_null": True}, "'rms_norm_eps' must be float, got None"),
+    ({"rms_norm_eps": None, "keep_null": True}, "'rms_norm_eps' must be a number, got None"),
     ({"model_type": "gpt2"}, "'model_type' must be 'llama'"),
     ({"hidden_act": "gelu"}, "'hidden_act' must be 'silu'"),
     ({"num_attention_heads": 5}, "not divisible"),

@@ -14,6 +14,7 @@ from tinyllm_lib.lora import (
     LoRALinear,
     apply_lora,
     count_parameters,
+    disable_adapters,
     load_adapter,
     lora_layers,
     lora_state_dict,
@@ -150,6 +151,28 @@ def test_merge_and_unmerge_are_exact():
     assert (after - before).abs().max() < 1e-5
 
 
+def test_disable_adapters_gives_the_base_exactly_and_switches_back_on():
+    base = make_model()
+    model = apply_lora(make_model(), LoRAConfig(rank=4, target_modules="all-linear"))
+    randomize_b(model)
+    with torch.no_grad():
+        adapted, plain = model(ids()), base(ids())
+        assert not torch.equal(adapted, plain)
+        with disable_adapters(model):
+            assert torch.equal(model(ids()), plain)
+        assert torch.equal(model(ids()), adapted)
+        with pytest.raises(RuntimeError, match="inside"), disable_adapters(model):
+            raise RuntimeError("inside")
+        assert torch.equal(model(ids()), adapted)  # back on after an exception too
+    merge_lora(model)
+    with pytest.raises(ValueError, match="disable_adapters: .* already merged"):
+        with disable_adapters(model):
+            pass
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        with disable_adapters(base):
+            pass
+
+
 def test_merged_state_dict_is_a_plain_model_with_the_update_folded_in():
     model = apply_lora(make_model(), LoRAConfig(rank=4))
     randomize_b(model)
@@ -232,7 +255,7 @@ def test_missing_or_unexpected_keys_and_config_mismatch_are_named(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"r": None}, "missing field 'r'"),
-    ({"r": "8"}, "'r' must be a int"),
+    ({"r": "8"}, "'r' must be an int"),
     ({"r": 0}, "rank must be >= 1"),
     ({"peft_type": "IA3"}, "'peft_type' must be 'LORA'"),
     ({"use_dora": True}, "'use_dora'"),

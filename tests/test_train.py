@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from train_worker import make_trainer, synthetic_examples
 
-from tinyllm_lib import train
+from tinyllm_lib import files
 from tinyllm_lib.chat import IGNORE_INDEX, EncodedChat
 from tinyllm_lib.config import PRESETS, LoRAConfig, TrainConfig
 from tinyllm_lib.data import collate
@@ -330,14 +330,14 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(
     examples = synthetic_examples(12, seed=14)
     out = tmp_path / "out"
     if crash_while == "writing files":
-        write = train._write_durably
+        write = files._write_synced
 
         def crash(path, data):  # the second checkpoint dies after its first file
             if (out / "checkpoint").exists() and path.name == "optimizer.pt":
                 raise OSError("simulated crash")
             write(path, data)
 
-        monkeypatch.setattr(train, "_write_durably", crash)
+        monkeypatch.setattr(files, "_write_synced", crash)
     else:
         rename = os.replace
 
@@ -346,7 +346,7 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(
                 raise OSError("simulated crash")
             rename(src, dst)
 
-        monkeypatch.setattr(train.os, "replace", crash)
+        monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         run(make_model(), examples, out_dir=out, max_steps=3, save_every=1)
     monkeypatch.undo()

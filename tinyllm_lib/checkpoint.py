@@ -13,21 +13,23 @@ takes the target's name only when complete. A crash mid-save leaves the old mode
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .config import ModelConfig
-from .lora import load_checked_tensors, merged_state_dict, read_json_object
+from .files import (
+    checked_field,
+    json_bytes,
+    load_checked_tensors,
+    read_json_object,
+    recover_directory,
+    write_directory,
+)
+from .lora import merged_state_dict
 from .model import TinyLLM, default_device
 from .tokenizer import Tokenizer
 
@@ -74,17 +76,6 @@ def config_to_llama(config: ModelConfig) -> dict[str, Any]:
     return data
 
 
-def _checked(value: Any, kind: type, name: str, path: Path) -> Any:
-    exact = isinstance(value, bool) == (kind is bool)
-    if not (exact and isinstance(value, int | float if kind is float else kind)):
-        raise ValueError(f"{path}: field '{name}' must be {kind.__name__}, got {value!r}")
-    if kind is float and not math.isfinite(value):
-        raise ValueError(f"{path}: field '{name}' must be finite, got {value!r}")
-    if kind is int and value < 1:
-        raise ValueError(f"{path}: field '{name}' must be >= 1, got {value!r}")
-    return float(value) if kind is float else value
-
-
 def _rope_theta(data: dict[str, Any], path: Path) -> Any:
     """transformers 4 writes ``rope_theta``; transformers 5 nests it in ``rope_parameters``."""
     if data.get("rope_scaling") is not None:
@@ -120,9 +111,7 @@ def config_from_llama(data: dict[str, Any], path: Path) -> ModelConfig:
     }
     fields: dict[str, Any] = {}
     for ours, theirs, kind in LLAMA_FIELDS:
-        if theirs not in values:
-            raise ValueError(f"{path}: missing field '{theirs}'")
-        fields[ours] = _checked(values[theirs], kind, theirs, path)
+        fields[ours] = checked_field(values, theirs, kind, path, minimum=1 if kind is int else None)
     try:
         config = ModelConfig(**fields)
     except ValueError as err:
@@ -163,38 +152,13 @@ def save_pretrained(model: TinyLLM, tokenizer: Tokenizer, directory: str | Path)
     ``directory`` (an adapter, logs) are kept.
     """
     target = Path(directory)
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"{target}: exists and is not a directory")
     _check_vocab(tokenizer, model.config, f"save_pretrained({target})")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        config_text = json.dumps(config_to_llama(model.config), indent=2) + "\n"
-        (staging / CONFIG_FILE).write_text(config_text, encoding="utf-8")
-        save_file(_weights_to_save(model), staging / WEIGHTS_FILE, metadata={"format": "pt"})
-        tokenizer.save(staging / TOKENIZER_FILE)
-        _replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _replace_directory(staging: Path, target: Path) -> None:
-    """Give ``staging`` the name ``target``, carrying over files of ``target`` it lacks.
-
-    Directories cannot be swapped in one atomic step, so the old one is first renamed
-    aside and deleted only after the new one is in place.
-    """
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    for entry in target.iterdir():
-        if not (staging / entry.name).exists():
-            os.replace(entry, staging / entry.name)
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old)
+    files = {
+        CONFIG_FILE: json_bytes(config_to_llama(model.config)),
+        WEIGHTS_FILE: safetensors_bytes(_weights_to_save(model), metadata={"format": "pt"}),
+        TOKENIZER_FILE: tokenizer.to_json().encode("utf-8"),
+    }
+    write_directory(target, files, keep_others=True)
 
 
 def load_pretrained(
@@ -205,7 +169,7 @@ def load_pretrained(
     The model comes back in eval mode on ``device`` (default: the best one available).
     """
     directory = Path(directory)
-    if not directory.is_dir():
+    if recover_directory(directory) is None or not directory.is_dir():
         raise FileNotFoundError(f"{directory}: model directory not found")
     config_path = directory / CONFIG_FILE
     config = config_from_llama(read_json_object(config_path), config_path)

@@ -16,7 +16,6 @@ hides bugs in the code that wrote it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tinyllm_lib.chat import (
     encode_chat,
     split_turns,
 )
+from tinyllm_lib.files import jsonl_bytes, read_json, read_jsonl, write_atomic
 from tinyllm_lib.tokenizer import Tokenizer
 
 SHAREGPT_ROLES = {
@@ -126,32 +126,20 @@ def record_to_messages(record: Any) -> list[Message]:
 
 def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, record)`` pairs, ``where`` being "line N" or "record [i]"."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(
-                    f"{path}: line {number}, column {err.colno}: invalid JSON ({err.msg})"
-                ) from None
-    elif path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DatasetError(
-                f"{path}: line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})"
-            ) from None
-        if not isinstance(records, list):
-            raise DatasetError(
-                f"{path}: expected a JSON array of records, got {_json_type(records)}"
-            )
-        for index, record in enumerate(records):
-            yield f"record [{index}]", record
-    else:
+    if path.suffix not in (".jsonl", ".json"):
         raise DatasetError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .json)")
+    try:
+        if path.suffix == ".jsonl":
+            for number, record in read_jsonl(path):
+                yield f"line {number}", record
+            return
+        records = read_json(path)
+    except ValueError as err:  # invalid JSON, already naming file, line and column
+        raise DatasetError(str(err)) from None
+    if not isinstance(records, list):
+        raise DatasetError(f"{path}: expected a JSON array of records, got {_json_type(records)}")
+    for index, record in enumerate(records):
+        yield f"record [{index}]", record
 
 
 def load_conversations(path: str | Path) -> list[list[Message]]:
@@ -190,11 +178,7 @@ def write_jsonl(path: str | Path, conversations: Sequence[Sequence[Message]]) ->
 
     Text is written as UTF-8, not ``\\u`` escapes, so Chinese stays readable in the file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as file:
-        for messages in conversations:
-            file.write(json.dumps({"messages": list(messages)}, ensure_ascii=False) + "\n")
+    write_atomic(path, jsonl_bytes({"messages": list(messages)} for messages in conversations))
 
 
 def tokenize_conversations(

@@ -15,21 +15,17 @@ here loads with ``PeftModel.from_pretrained`` and a PEFT adapter loads here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import safetensors
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .config import LoRAConfig
+from .files import checked_field, json_bytes, load_checked_tensors, read_json_object, write_atomic
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -73,12 +69,13 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Linear(config.rank, base_layer.out_features, bias=False, **factory)
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # set by ``disable_adapters``: the layer computes the base alone
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        if self.merged:  # the update already lives inside base_layer.weight
+        if self.merged or self.disabled:  # merged: the update lives inside base_layer.weight
             return out
         return out + self.scale * self.lora_B(self.lora_A(self.lora_dropout(x)))
 
@@ -94,7 +91,8 @@ class LoRALinear(nn.Module):
         return (weight.float() + self.delta_weight().detach()).to(weight.dtype)
 
     def extra_repr(self) -> str:
-        return f"rank={self.config.rank}, scale={self.scale:g}, merged={self.merged}"
+        return (f"rank={self.config.rank}, scale={self.scale:g}, merged={self.merged}"
+                + (", disabled" if self.disabled else ""))
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
@@ -207,6 +205,25 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside ``with disable_adapters(model):`` the model computes what its base computes.
+
+    The LoRA branch is skipped, not zeroed, so no weight changes and leaving the block
+    (normally or by an exception) switches every adapter back on. DPO uses this as its
+    reference model: the frozen base is already in memory, so no second copy is needed.
+    A merged adapter lives inside the base weights and cannot be switched off.
+    """
+    layers = _require_lora(model, "disable_adapters", merged=False)
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.disabled = False
+
+
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The plain model's state dict (Llama key names) with each LoRA update folded in.
 
@@ -263,24 +280,6 @@ def _expected_adapter_shapes(model: nn.Module, config: LoRAConfig) -> dict[str, 
     return shapes
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
-
-    The bytes go to a temporary file in the same directory (``os.replace`` is atomic only
-    within one file system), which then takes the final name in a single step.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def adapter_config_dict(config: LoRAConfig, base_model_name_or_path: str | None = None) -> dict:
     """``adapter_config.json`` with PEFT's field names and the values PEFT writes."""
     return {
@@ -317,38 +316,7 @@ def save_adapter(
     # or weights whose shapes the old config rejects loudly, never a silent mix.
     write_atomic(directory / ADAPTER_WEIGHTS, safetensors_bytes(tensors, {"format": "pt"}))
     config = adapter_config_dict(layers[0].config, base_model_name_or_path)
-    text = json.dumps(config, indent=2) + "\n"
-    write_atomic(directory / ADAPTER_CONFIG, text.encode("utf-8"))
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON file's top-level object; a missing or malformed file raises an error naming it."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top level")
-    return data
-
-
-def _field(data: Mapping[str, Any], name: str, kind: str, path: Path, default: Any = None) -> Any:
-    """``data[name]`` checked to be an ``int``, ``number`` or ``bool``; errors name the field."""
-    if name not in data:
-        if default is None:
-            raise ValueError(f"{path}: missing field '{name}'")
-        return default
-    value = data[name]
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "number": isinstance(value, int | float) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-    }[kind]
-    if not ok:
-        raise ValueError(f"{path}: field '{name}' must be a {kind}, got {value!r}")
-    return float(value) if kind == "number" else value
+    write_atomic(directory / ADAPTER_CONFIG, json_bytes(config))
 
 
 def read_adapter_config(path: str | Path) -> LoRAConfig:
@@ -370,50 +338,16 @@ def read_adapter_config(path: str | Path) -> LoRAConfig:
             f"'{ALL_LINEAR}', got {targets!r}"
         )
     fields = {
-        "rank": _field(data, "r", "int", path),
-        "alpha": _field(data, "lora_alpha", "number", path),
-        "dropout": _field(data, "lora_dropout", "number", path, default=0.0),
+        "rank": checked_field(data, "r", int, path),
+        "alpha": checked_field(data, "lora_alpha", float, path),
+        "dropout": checked_field(data, "lora_dropout", float, path, default=0.0),
         "target_modules": targets if targets == ALL_LINEAR else tuple(targets),
-        "use_rslora": _field(data, "use_rslora", "bool", path, default=False),
+        "use_rslora": checked_field(data, "use_rslora", bool, path, default=False),
     }
     try:
         return LoRAConfig(**fields)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-
-
-def _preview(keys: Sequence[str], limit: int = 5) -> str:
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"{list(keys[:limit])}{more}"
-
-
-def load_checked_tensors(
-    path: Path, expected: Mapping[str, tuple[int, ...]]
-) -> dict[str, torch.Tensor]:
-    """Load a safetensors file whose keys and shapes must be exactly ``expected``.
-
-    Errors name the file and the offending keys and shapes. Shared with ``checkpoint.py``.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        tensors = load_file(path)
-    except (safetensors.SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: keys do not match the model: missing {_preview(missing)}, "
-            f"unexpected {_preview(unexpected)}"
-        )
-    for key, shape in expected.items():
-        if tuple(tensors[key].shape) != tuple(shape):
-            raise ValueError(
-                f"{path}: '{key}' has shape {list(tensors[key].shape)} but the model "
-                f"expects {list(shape)} (a file made for a model of another size?)"
-            )
-    return tensors
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:

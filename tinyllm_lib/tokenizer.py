@@ -54,6 +54,8 @@ from itertools import chain, pairwise, repeat
 from pathlib import Path
 from typing import Any, Literal
 
+from .files import read_json, write_atomic
+
 FORMAT = "tinyllm-bpe-v1"
 
 ENDOFTEXT = "<|endoftext|>"
@@ -244,8 +246,8 @@ class Tokenizer:
 
     # ----------------------------------------------------------------- save / load
 
-    def save(self, path: str | Path) -> None:
-        """Write the tokenizer as JSON, one merge per line with the token it makes."""
+    def to_json(self) -> str:
+        """The tokenizer as JSON text, one merge per line with the token it makes."""
         merges = ",\n".join(
             "    " + json.dumps(r, ensure_ascii=False) for r in self._merge_records()
         )
@@ -255,18 +257,17 @@ class Tokenizer:
             f'"special_tokens": {json.dumps(SPECIAL_IDS)}',
             f'"merges": [\n{merges}\n  ]',
         ]
-        text = "{\n  " + ",\n  ".join(fields) + "\n}\n"
-        Path(path).write_text(text, encoding="utf-8")
+        return "{\n  " + ",\n  ".join(fields) + "\n}\n"
+
+    def save(self, path: str | Path) -> None:
+        """Write ``to_json()`` to ``path`` atomically."""
+        write_atomic(path, self.to_json().encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
         """Read a file written by ``save``; a malformed file raises ``ValueError`` naming it."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a valid JSON tokenizer file: {err}") from None
-        return _from_json(data, path)
+        return _from_json(read_json(path), path)
 
     def _merge_records(self) -> list[dict[str, Any]]:
         return [

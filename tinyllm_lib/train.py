@@ -24,8 +24,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,12 +40,11 @@ from tinyllm_lib.chat import IGNORE_INDEX, EncodedChat
 from tinyllm_lib.config import TrainConfig, config_to_dict
 from tinyllm_lib.data import Batch, collate, epoch_order, micro_batches
 from tinyllm_lib.evaluate import mean_nll
+from tinyllm_lib.files import read_json_object, recover_directory, write_directory
 from tinyllm_lib.model import default_device, label_token_count, next_token_nll
 
 CHECKPOINT_DIR = "checkpoint"
 """Name of the checkpoint folder inside ``out_dir``."""
-_PARTIAL_DIR = "checkpoint.tmp"  # a checkpoint being written
-_PREVIOUS_DIR = "checkpoint.old"  # the checkpoint being replaced
 
 
 class TrainingDiverged(RuntimeError):
@@ -259,48 +256,10 @@ def _check_train_examples(examples: Sequence[EncodedChat]) -> None:
             )
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` and wait until the disk has it (``fsync``), not just the OS cache."""
-    with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a folder's entries (new files, renames) durable. POSIX only: Windows cannot."""
-    if os.name == "posix":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _torch_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
-
-
-def recover_checkpoint(out_dir: str | Path) -> Path | None:
-    """Tidy what an interrupted save left in ``out_dir``; return the checkpoint, if any.
-
-    See ``Trainer.save_checkpoint`` for the write sequence. A partial folder is always
-    incomplete or superseded, so it goes; a previous checkpoint whose replacement never
-    got renamed into place becomes the checkpoint again.
-    """
-    out_dir = Path(out_dir)
-    final, previous = out_dir / CHECKPOINT_DIR, out_dir / _PREVIOUS_DIR
-    partial = out_dir / _PARTIAL_DIR
-    if partial.exists():
-        shutil.rmtree(partial)
-    if previous.exists():
-        if final.exists():
-            shutil.rmtree(previous)
-        else:
-            os.replace(previous, final)
-    return final if final.exists() else None
 
 
 class Trainer:
@@ -377,9 +336,9 @@ class Trainer:
         if resume:
             self.load_checkpoint()
         else:
-            if self.config.save_every and recover_checkpoint(self.out_dir) is not None:
+            if self.config.save_every and recover_directory(self.checkpoint_dir) is not None:
                 raise FileExistsError(
-                    f"{self.out_dir / CHECKPOINT_DIR}: a checkpoint exists; resume it "
+                    f"{self.checkpoint_dir}: a checkpoint exists; resume it "
                     "(resume=True, --resume) or choose another output folder"
                 )
             torch.manual_seed(self.config.seed)
@@ -440,7 +399,7 @@ class Trainer:
         grad_norm = float(nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
         if not (math.isfinite(loss.mean) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
-            checkpoint = self.out_dir / CHECKPOINT_DIR if self.out_dir else None
+            checkpoint = self.checkpoint_dir
             kept = checkpoint if checkpoint and checkpoint.exists() else "none saved"
             raise TrainingDiverged(
                 f"step {step + 1}: loss {loss.mean}, gradient norm {grad_norm}: training "
@@ -512,24 +471,18 @@ class Trainer:
 
     # ----- checkpoints ----------------------------------------------------------------
 
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """Where resume state is saved: ``out_dir/checkpoint/`` (None without an out_dir)."""
+        return self.out_dir / CHECKPOINT_DIR if self.out_dir is not None else None
+
     def save_checkpoint(self) -> Path:
         """Write everything needed to resume into ``out_dir/checkpoint/``, atomically.
 
-        1. Write every file into ``checkpoint.tmp/`` and ``fsync`` it (and the folder).
-        2. Rename the old ``checkpoint/`` to ``checkpoint.old/``.
-        3. Rename ``checkpoint.tmp/`` to ``checkpoint/`` and ``fsync`` ``out_dir``.
-        4. Delete ``checkpoint.old/``.
-
-        A rename is atomic, and ``checkpoint/`` only ever names a complete checkpoint.
-        Killed during 1, the old ``checkpoint/`` is untouched; between 2 and 3, only
-        ``checkpoint.old/`` is left and ``recover_checkpoint`` renames it back; after 3,
-        the new one is in place. (POSIX cannot rename a folder over a non-empty one, hence
-        the two renames.)
+        ``files.write_directory`` writes the folder whole beside the old one and swaps it
+        in with renames, so ``checkpoint/`` only ever names a complete checkpoint, and a
+        run killed mid-save resumes from the previous one.
         """
-        out_dir = self.out_dir
-        final = recover_checkpoint(out_dir)
-        partial = out_dir / _PARTIAL_DIR
-        partial.mkdir(parents=True)
         files = {
             "trainable.safetensors": safetensors_bytes(trainable_state(self.model)),
             "optimizer.pt": _torch_bytes(self.optimizer.state_dict()),
@@ -538,16 +491,7 @@ class Trainer:
         }
         if self.best_weights is not None:
             files["best.safetensors"] = safetensors_bytes(self.best_weights)
-        for name, data in files.items():
-            _write_durably(partial / name, data)
-        _fsync_dir(partial)
-        if final is not None:
-            os.replace(final, out_dir / _PREVIOUS_DIR)
-        os.replace(partial, out_dir / CHECKPOINT_DIR)
-        _fsync_dir(out_dir)
-        if final is not None:
-            shutil.rmtree(out_dir / _PREVIOUS_DIR)
-        return out_dir / CHECKPOINT_DIR
+        return write_directory(self.checkpoint_dir, files)
 
     def _checkpoint_info(self) -> dict[str, Any]:
         epoch, step_in_epoch = divmod(self.state.step, self.steps_per_epoch)
@@ -569,12 +513,12 @@ class Trainer:
         The frozen weights are not in the checkpoint: the model must be built the same way
         (same base, same LoRA setup) as in the run that saved it.
         """
-        path = recover_checkpoint(self.out_dir) if self.out_dir is not None else None
+        path = recover_directory(self.checkpoint_dir) if self.checkpoint_dir else None
         if path is None:
             raise FileNotFoundError(
-                f"{(self.out_dir or Path('.')) / CHECKPOINT_DIR}: no checkpoint to resume from"
+                f"{self.checkpoint_dir or CHECKPOINT_DIR}: no checkpoint to resume from"
             )
-        info = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        info = read_json_object(path / "trainer_state.json")
         self._check_same_data(info["data_position"], path)
         load_trainable_state(
             self.model, load_file(path / "trainable.safetensors"),
