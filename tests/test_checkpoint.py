@@ -191,7 +191,7 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("config", [CFG, UNTIED], ids=["tied", "untied"])
 def test_transformers_loads_what_we_save(tmp_path, tokenizer, config):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a test dependency (requirements.txt): a missing install fails
     model = make_model(config)
     save_pretrained(model, tokenizer, tmp_path)
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
@@ -199,7 +199,7 @@ def test_transformers_loads_what_we_save(tmp_path, tokenizer, config):
 
 
 def test_we_load_what_transformers_saves(tmp_path, tokenizer):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a test dependency (requirements.txt): a missing install fails
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,

@@ -109,6 +109,9 @@ def test_jsonl_round_trip_skips_blank_lines_and_names_bad_ones(tmp_path):
     path.write_text('{"a": 1}\n\n{"a": }\n')
     with pytest.raises(ValueError, match=r"d\.jsonl: line 3, column 7"):
         list(read_jsonl(path))
+    path.write_bytes(b'{"a": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"d\.jsonl: not UTF-8"):
+        list(read_jsonl(path))
 
 
 def test_jsonl_bytes_match_json_dumps():

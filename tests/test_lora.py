@@ -284,7 +284,7 @@ def test_missing_adapter_files_are_named(tmp_path):
 
 
 def hf_llama(model: TinyLLM):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a test dependency (requirements.txt): a missing install fails
     cfg = model.config
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
@@ -299,7 +299,7 @@ def hf_llama(model: TinyLLM):
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_peft_loads_our_adapter_and_gives_the_same_logits(tmp_path, rslora):
-    peft = pytest.importorskip("peft")
+    import peft  # a test dependency (requirements.txt): a missing install fails
     model = apply_lora(make_model(), LoRAConfig(rank=4, alpha=8, use_rslora=rslora,
                                                 target_modules="all-linear"))
     randomize_b(model)
@@ -311,7 +311,7 @@ def test_peft_loads_our_adapter_and_gives_the_same_logits(tmp_path, rslora):
 
 
 def test_we_load_a_peft_adapter_and_count_parameters_like_peft(tmp_path):
-    peft = pytest.importorskip("peft")
+    import peft  # a test dependency (requirements.txt): a missing install fails
     hf = hf_llama(make_model())
     peft_model = peft.get_peft_model(hf, peft.LoraConfig(
         r=4, lora_alpha=12, target_modules="all-linear", lora_dropout=0.0))

@@ -164,19 +164,28 @@ def write_directory(
 # ----------------------------------------------------------------------------- reading
 
 
-def read_json(path: str | Path) -> Any:
-    """A JSON file's value; a missing or malformed file raises an error naming it."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file's contents; a missing file or bad bytes raise an error naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+
+
+def _invalid_json(path: Path, line: int, err: json.JSONDecodeError) -> ValueError:
+    return ValueError(f"{path}: line {line}, column {err.colno}: invalid JSON ({err.msg})")
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's value; a missing or malformed file raises an error naming it."""
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}: line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})"
-        ) from None
+        raise _invalid_json(path, err.lineno, err) from None
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:
@@ -190,18 +199,13 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, value)`` for each non-blank line of a JSON Lines file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path}: line {number}, column {err.colno}: invalid JSON ({err.msg})"
-            ) from None
+            raise _invalid_json(path, number, err) from None
         yield number, value
 
 

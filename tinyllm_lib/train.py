@@ -40,7 +40,7 @@ from tinyllm_lib.chat import IGNORE_INDEX, EncodedChat
 from tinyllm_lib.config import TrainConfig, config_to_dict
 from tinyllm_lib.data import Batch, collate, epoch_order, micro_batches
 from tinyllm_lib.evaluate import mean_nll
-from tinyllm_lib.files import read_json_object, recover_directory, write_directory
+from tinyllm_lib.files import json_bytes, read_json_object, recover_directory, write_directory
 from tinyllm_lib.model import default_device, label_token_count, next_token_nll
 
 CHECKPOINT_DIR = "checkpoint"
@@ -487,7 +487,7 @@ class Trainer:
             "trainable.safetensors": safetensors_bytes(trainable_state(self.model)),
             "optimizer.pt": _torch_bytes(self.optimizer.state_dict()),
             "rng.pt": _torch_bytes(_rng_state()),
-            "trainer_state.json": json.dumps(self._checkpoint_info(), indent=1).encode(),
+            "trainer_state.json": json_bytes(self._checkpoint_info(), indent=1),
         }
         if self.best_weights is not None:
             files["best.safetensors"] = safetensors_bytes(self.best_weights)
