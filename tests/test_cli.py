@@ -1,5 +1,6 @@
 """The command line end to end on a tiny model: pretrain, train, eval, chat, flag errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -7,15 +8,17 @@ import sys
 import pytest
 
 from tinyllm_lib.chat import EncodedChat
-from tinyllm_lib.cli import (
+from tinyllm_lib.cli import main, parse, train_settings
+from tinyllm_lib.config import (
     FULL_LR,
     LORA_ALL_LINEAR_LR,
     LORA_LR,
-    build_parser,
-    default_lr,
-    main,
+    TRAIN_PRESETS,
+    LoRAConfig,
+    TrainConfig,
 )
 from tinyllm_lib.pretrain import pack_documents
+from tinyllm_lib.sampling import SamplingConfig
 from tinyllm_lib.tokenizer import Tokenizer
 
 CORPUS = [
@@ -112,8 +115,12 @@ def test_bad_flags_name_the_flag(workspace, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--model", str(workspace / "missing")])
     assert "--model" in capsys.readouterr().err
-    assert main(["chat", "--model", str(workspace / "base"), "--top-p", "2"]) == 2
-    assert "top_p" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused by SamplingConfig, reported as the flag
+        main(["chat", "--model", str(workspace / "base"), "--top-p", "2"])
+    assert "argument --top-p: must be in [0, 1], got 2.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--betas", "0.9", "1.5"])
+    assert "argument --betas: must be two numbers in [0, 1)" in capsys.readouterr().err
 
 
 def test_bad_data_names_file_and_line(workspace, capsys):
@@ -151,9 +158,37 @@ def test_chat_session_commands_and_clean_exit(workspace, monkeypatch, capsys):
     (["--full"], FULL_LR),
 ])
 def test_train_default_learning_rate_follows_the_adapter(flags, expected):
-    args = build_parser().parse_args(["train", *flags])
-    assert default_lr(args) == expected
+    config, _ = train_settings(parse(["train", *flags]))
+    assert config.lr == expected
     assert len({LORA_LR, LORA_ALL_LINEAR_LR, FULL_LR}) == 3  # the cases tell them apart
+    given, _ = train_settings(parse(["train", *flags, "--lr", "1e-4"]))
+    assert given.lr == 1e-4
+
+
+def test_flags_are_the_config_fields_with_the_presets_defaults(capsys):
+    """With no flags, each command's configs equal the presets; every field has a flag."""
+    train = parse(["train"])
+    config, lora = train_settings(train)
+    assert config == dataclasses.replace(TRAIN_PRESETS["finetune"], lr=LORA_LR)
+    assert lora == LoRAConfig()
+    assert parse(["pretrain"]).train_config == TRAIN_PRESETS["pretrain"]
+    assert parse(["chat"]).sampling == SamplingConfig()
+    flags = ["--epochs", "2", "--weight-decay", "0", "--betas", "0.8", "0.9", "--no-bf16",
+             "--patience", "3", "--compile", "--lora-targets", "all-linear",
+             "--lora-use-rslora", "--lora-alpha", "4"]
+    config, lora = train_settings(parse(["train", *flags]))
+    assert config == dataclasses.replace(
+        TRAIN_PRESETS["finetune"], epochs=2, weight_decay=0.0, betas=(0.8, 0.9), patience=3,
+        compile=True, lr=LORA_ALL_LINEAR_LR)
+    assert lora == LoRAConfig(alpha=4.0, target_modules="all-linear", use_rslora=True)
+    assert train_settings(parse(["train", "--lora-targets", "q_proj,k_proj"]))[1] == LoRAConfig(
+        target_modules=("q_proj", "k_proj"))
+    with pytest.raises(SystemExit):
+        parse(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in help_text
+        assert field.metadata["help"] in help_text  # the field's own words, beside its flag
 
 
 def test_importing_the_library_leaves_the_compiler_unloaded():

@@ -12,14 +12,13 @@ from tinyllm_lib.model import TinyLLM
 from tinyllm_lib.playground import (
     ChatWidget,
     SamplingPlayground,
-    chat_reply,
     conversation_html,
     generate_text,
     next_token_table,
     token_text,
     tokens_html,
 )
-from tinyllm_lib.sampling import SamplingConfig
+from tinyllm_lib.sampling import SamplingConfig, reply
 from tinyllm_lib.tokenizer import Tokenizer
 
 TEXTS = [
@@ -183,17 +182,17 @@ def test_generate_text_with_a_seed_is_reproducible(model, tokenizer):
     assert len(texts) == 1
 
 
-def test_chat_reply_answers_the_chatml_prompt(model, tokenizer):
+def test_reply_answers_the_chatml_prompt(model, tokenizer):
     messages = [Message(role="user", content="the cat"), Message(role="assistant", content="sat"),
                 Message(role="user", content="on the")]
     prompt = encode_chat(tokenizer, messages, add_generation_prompt=True).input_ids
     stops = {tokenizer.im_end_id, tokenizer.eos_id}
     expected = tokenizer.decode(greedy_by_hand(model, prompt, 10, stops))
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=10)
-    assert chat_reply(model, tokenizer, messages, sampling) == expected
+    assert reply(model, tokenizer, messages, sampling) == expected
 
 
-def test_chat_reply_drops_old_exchanges_to_leave_room(model, tokenizer):
+def test_reply_drops_old_exchanges_to_leave_room(model, tokenizer):
     long_turns = []
     for k in range(12):
         long_turns += [Message(role="user", content=f"the cat sat on the mat {k}"),
@@ -206,7 +205,7 @@ def test_chat_reply_drops_old_exchanges_to_leave_room(model, tokenizer):
     assert len(encode_chat(tokenizer, messages, add_generation_prompt=True).input_ids) > room
     stops = {tokenizer.im_end_id, tokenizer.eos_id}
     expected = tokenizer.decode(greedy_by_hand(model, kept, 40, stops))
-    assert chat_reply(model, tokenizer, messages, sampling) == expected
+    assert reply(model, tokenizer, messages, sampling) == expected
 
 
 def test_conversation_html_escapes_and_orders_messages():
@@ -256,7 +255,7 @@ def test_chat_widget_send_and_reset(model, tokenizer):
     assert "system: Be brief." in chat.conversation.value
     chat.message.value = "the cat"
     chat.send_button.click()
-    expected = chat_reply(
+    expected = reply(
         model, tokenizer,
         [Message(role="system", content="Be brief."), Message(role="user", content="the cat")],
         sampling,

@@ -30,6 +30,7 @@ from tinyllm_lib.train import (
     batch_nll_sum,
     lr_at,
     parameter_groups,
+    train_step,
     trainable_parameters,
 )
 
@@ -189,6 +190,42 @@ def test_the_trainer_turns_gradient_checkpointing_on_from_its_config():
     assert model.gradient_checkpointing
 
 
+class MeanPerSequence:
+    """An objective of another shape than token-mean NLL (as DPO's is per pair): the mean
+    over sequences of each sequence's summed NLL."""
+
+    def count(self, batch):
+        return batch.input_ids.shape[0]
+
+    def loss_sum(self, model, batch):
+        return batch_nll_sum(model, batch.input_ids, batch.labels)
+
+
+def test_train_step_minimises_the_objective_it_is_given():
+    examples = synthetic_examples(6, seed=21)
+    model = make_model()
+    reference = copy.deepcopy(model)
+    by_hand = sum(lm_loss_sum(reference(collate([e], PAD).input_ids), collate([e], PAD).labels)[0]
+                  for e in examples) / len(examples)
+    by_hand.backward()
+    expected = {name: p.grad.clone() for name, p in reference.named_parameters()}
+
+    seen = {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay put
+    optimizer.step = lambda: seen.update(  # look at the gradient the update would use
+        {name: p.grad.clone() for name, p in model.named_parameters()})
+    batches = [collate(examples[:4], PAD), collate(examples[4:], PAD)]
+    loss, grad_norm = train_step(model, batches, optimizer, MeanPerSequence(),
+                                 max_grad_norm=1e9)
+    assert loss.count == 6 and loss.mean == pytest.approx(by_hand.item(), rel=1e-5)
+    for name, grad in expected.items():
+        torch.testing.assert_close(seen[name], grad, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())  # cleared after the update
+    assert grad_norm == pytest.approx(
+        float(torch.linalg.vector_norm(torch.stack([g.norm() for g in expected.values()]))),
+        rel=1e-4)
+
+
 def test_a_compiled_training_run_follows_the_eager_one():
     """``compile=True`` changes how a step runs, not what it computes (LoRA, varied lengths)."""
     examples = synthetic_examples(12, seed=9)
@@ -198,7 +235,7 @@ def test_a_compiled_training_run_follows_the_eager_one():
         torch.manual_seed(1)
         apply_lora(model, LoRAConfig(rank=4, alpha=8, target_modules="all-linear"))
         trainer, result = run(model, examples, batch_size=4, epochs=2, compile=compiled)
-        assert (trainer.batch_nll_sum is batch_nll_sum) != compiled
+        assert (trainer.objective.nll_sum is batch_nll_sum) != compiled
         histories.append([record.loss for record in result.history])
     assert histories[0] == pytest.approx(histories[1], rel=1e-4)
 

@@ -13,38 +13,38 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .chat import DEFAULT_SYSTEM, Message
+from .chat import DEFAULT_SYSTEM
 from .checkpoint import load_pretrained, save_pretrained
-from .config import PRESETS, LoRAConfig, TrainConfig
+from .config import (
+    FULL_LR,
+    LORA_ALL_LINEAR_LR,
+    LORA_LR,
+    PRESETS,
+    TRAIN_PRESETS,
+    ConfigError,
+    LoRAConfig,
+    TrainConfig,
+    recommended_lr,
+)
 from .data import load_conversations, load_task_names, tokenize_conversations
 from .evaluate import EvalReport, compare_reports, evaluate
 from .lora import apply_lora, load_adapter, save_adapter, trainable_report
 from .model import TinyLLM
-from .sampling import SamplingConfig, reply_stream
+from .sampling import SamplingConfig, print_piece, reply
 from .tokenizer import Tokenizer
 from .train import Trainer
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BASE_DIR = DATA_DIR / "base"
 OUTPUTS = Path("outputs")
-
-# The seed's 1e-4 suits LoRA on a large model; on this 5M-parameter base, 3 epochs at 1e-4
-# barely move exact match (experiments/results/outcomes.md has the measurement). LoRA's
-# few, zero-initialised parameters take a higher rate than full fine-tuning, which can
-# overwrite what pretraining stored. Each default is the best of the rates tried on the
-# shipped base (experiments/results/lr_sweep.md): adapters on every linear layer train
-# about five times the parameters of q_proj, v_proj (197,120 against 40,960), move the
-# output further per step, and do best at a third of their rate.
-LORA_LR = 3e-3  # q_proj, v_proj (the default adapter) or any other list of modules
-LORA_ALL_LINEAR_LR = 1e-3
-FULL_LR = 3e-4
-COMPILE_HELP = "torch.compile the training step: faster steps after a minute of compiling"
-
 
 class CLIError(Exception):
     """A problem with the command line or its files, reported without a traceback."""
@@ -57,13 +57,6 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
 
 
@@ -82,41 +75,96 @@ def load_model(model_dir: Path, adapter_dir: Path | None) -> tuple[TinyLLM, Toke
     return model.eval(), tokenizer
 
 
-def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = SamplingConfig()
-    parser.add_argument("--temperature", type=float, default=defaults.temperature,
-                        help="0 = greedy (default %(default)s)")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k,
-                        help="keep the k most likely tokens; 0 = off (default %(default)s)")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p,
-                        help="keep the smallest set this likely (default %(default)s)")
-    parser.add_argument("--repetition-penalty", type=positive_float,
-                        default=defaults.repetition_penalty)
-    parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens)
-    parser.add_argument("--seed", type=int, default=None)
+# Flags named otherwise than their field (``--lora-targets`` is shorter than
+# ``--lora-target-modules``), and fields whose flag text needs its own parser.
+FLAG_NAMES = {"target_modules": "targets"}
 
 
-def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
+def parse_targets(text: str) -> tuple[str, ...] | str:
+    """``--lora-targets``: ``q_proj,v_proj`` or ``all-linear``."""
+    return text if text == "all-linear" else tuple(name for name in text.split(",") if name)
+
+
+FLAG_PARSERS: dict[str, Callable[[str], Any]] = {"target_modules": parse_targets}
+
+
+def flag_name(field: str, prefix: str = "") -> str:
+    return "--" + prefix + FLAG_NAMES.get(field, field).replace("_", "-")
+
+
+def flag_dest(field: str, prefix: str = "") -> str:
+    return flag_name(field, prefix)[2:].replace("-", "_")
+
+
+def scalar_type(annotation: Any) -> Any:
+    """``int`` for ``int | None``: the type a flag's text is parsed as."""
+    if isinstance(annotation, types.UnionType):
+        kinds = [kind for kind in typing.get_args(annotation) if kind is not type(None)]
+        if len(kinds) == 1:
+            return kinds[0]
+    return annotation
+
+
+def shown_default(value: Any) -> str:
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "on"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) if all(isinstance(v, str) for v in value) else (
+            " ".join(map(str, value)))
+    return str(value)
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, dest: str, defaults: Any, prefix: str = "",
+    help_overrides: dict[str, str] | None = None,
+) -> None:
+    """A flag for every field of the config ``defaults`` (a dataclass instance).
+
+    ``batch_size`` becomes ``--batch-size`` (``--lora-rank`` with ``prefix="lora-"``), its
+    type comes from the field's annotation, its default from ``defaults`` and its help
+    from the field's ``setting`` text, so the flags can never drift from the config.
+    After parsing, ``main`` builds the config as ``args.<dest>`` (``config_from_flags``),
+    and a value the config refuses becomes an error naming the flag.
+    """
+    hints = typing.get_type_hints(type(defaults))
+    for field in dataclasses.fields(defaults):
+        default = getattr(defaults, field.name)
+        text = (help_overrides or {}).get(field.name) or (
+            f"{field.metadata.get('help', '')} (default: {shown_default(default)})")
+        kind = scalar_type(hints[field.name])
+        options: dict[str, Any] = {"default": default, "help": text,
+                                   "dest": flag_dest(field.name, prefix)}
+        if field.name in FLAG_PARSERS:
+            options["type"] = FLAG_PARSERS[field.name]
+        elif kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            item, *_ = typing.get_args(kind)
+            options.update(type=item, nargs=len(typing.get_args(kind)))
+        else:
+            options["type"] = kind
+        parser.add_argument(flag_name(field.name, prefix), **options)
+    groups = parser.get_default("config_groups") or []
+    parser.set_defaults(config_groups=[*groups, (dest, defaults, prefix)], parser=parser)
+
+
+def config_from_flags(args: argparse.Namespace, defaults: Any, prefix: str = "") -> Any:
+    """The config of type ``type(defaults)`` that the parsed flags describe.
+
+    A flag left at ``None`` whose field has a value (``train``'s ``--lr``: the rate is
+    chosen later, by ``config.recommended_lr``) keeps the value of ``defaults``.
+    """
+    values = {}
+    for field in dataclasses.fields(defaults):
+        value = getattr(args, flag_dest(field.name, prefix))
+        values[field.name] = getattr(defaults, field.name) if value is None else value
     try:
-        return SamplingConfig(
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-        )
-    except ValueError as err:  # names the field, e.g. "top_p must be in [0, 1]"
-        raise CLIError(f"sampling flags: {err}") from None
-
-
-def print_reply(
-    model: TinyLLM, tokenizer: Tokenizer, messages: Sequence[Message], sampling: SamplingConfig
-) -> str:
-    """Stream the assistant's reply to the terminal; return it."""
-    pieces = []
-    for piece in reply_stream(model, tokenizer, messages, sampling):
-        print(piece, end="", flush=True)
-        pieces.append(piece)
-    print()
-    return "".join(pieces)
+        return type(defaults)(**values)
+    except ConfigError as err:
+        raise CLIError(f"argument {flag_name(err.field, prefix)}: {err.rule}, "
+                       f"got {err.value!r}") from None
 
 
 # ------------------------------------------------------------------------------ commands
@@ -137,18 +185,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from .world import load_corpus
 
     documents = load_corpus(args.corpus)
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        warmup_steps=args.warmup_steps, max_steps=args.max_steps, eval_every=args.eval_every,
-        save_every=args.save_every, seed=args.seed, weight_decay=0.1, bf16=args.bf16,
-        compile=args.compile,
-    )
     model_config = PRESETS[args.preset]
     if args.num_layers is not None:
         model_config = dataclasses.replace(model_config, num_layers=args.num_layers)
     start = time.time()
     result = pretrain(
-        documents, model_config, config, args.out,
+        documents, model_config, args.train_config, args.out,
         run_dir=OUTPUTS / "runs" / f"pretrain-{args.out.name}", log_dir=OUTPUTS / "logs",
         resume=args.resume,
     )
@@ -159,11 +201,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
           f"saved to {args.out}")
 
 
-def default_lr(args: argparse.Namespace) -> float:
-    """The learning rate ``train`` uses when ``--lr`` is not given."""
-    if args.full:
-        return FULL_LR
-    return LORA_ALL_LINEAR_LR if args.lora_targets == "all-linear" else LORA_LR
+def train_settings(args: argparse.Namespace) -> tuple[TrainConfig, LoRAConfig | None]:
+    """``train``'s loop settings and adapter (``None``: ``--full``), with the learning rate
+    ``config.recommended_lr`` gives the method when ``--lr`` is not set."""
+    lora = None if args.full else args.lora_config
+    config = args.train_config
+    if args.lr is None:
+        config = dataclasses.replace(config, lr=recommended_lr(lora))
+    return config, lora
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -172,22 +217,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_examples = tokenize_conversations(tokenizer, load_conversations(args.data), max_len)
     val_examples = (tokenize_conversations(tokenizer, load_conversations(args.val), max_len)
                     if args.val else [])
-    if args.full:
+    config, lora = train_settings(args)
+    if lora is None:
         print("full fine-tuning: every parameter is trained")
     else:
-        targets = "all-linear" if args.lora_targets == "all-linear" else tuple(
-            args.lora_targets.split(","))
-        torch.manual_seed(args.seed)  # the LoRA A matrices are random
-        apply_lora(model, LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha,
-                                     dropout=args.lora_dropout, target_modules=targets))
+        torch.manual_seed(config.seed)  # the LoRA A matrices are random
+        apply_lora(model, lora)
     print(trainable_report(model))
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr=args.lr or default_lr(args), warmup_steps=args.warmup_steps,
-        max_steps=args.max_steps, eval_every=args.eval_every, patience=args.patience,
-        save_every=args.save_every, seed=args.seed, bf16=args.bf16,
-        gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
-    )
     out = args.out or OUTPUTS / "models" / ("full" if args.full else "lora")
     trainer = Trainer(model, train_examples, val_examples, config, pad_id=tokenizer.pad_id,
                       out_dir=out, log_dir=OUTPUTS / "logs", run_name=out.name)
@@ -237,8 +273,8 @@ def chat_command(line: str, state: dict, sampling: SamplingConfig) -> SamplingCo
         print(f"(system prompt: {state['system']}; conversation cleared)")
     elif name == "set":
         field, _, value = rest.strip().partition(" ")
-        kinds = {"temperature": float, "top_p": float, "repetition_penalty": float,
-                 "top_k": int, "max_new_tokens": int, "seed": int}
+        kinds = {name: scalar_type(kind)
+                 for name, kind in typing.get_type_hints(SamplingConfig).items()}
         if field not in kinds:
             print(f"(unknown setting {field!r}; one of {', '.join(kinds)})")
             return sampling
@@ -257,7 +293,7 @@ def chat_command(line: str, state: dict, sampling: SamplingConfig) -> SamplingCo
 
 def cmd_chat(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args.model, args.adapter)
-    sampling = sampling_from_args(args)
+    sampling = args.sampling
     state = {"system": args.system, "messages": [{"role": "system", "content": args.system}]}
     print(f"TinyLLM chat ({model.config.hidden_size}d x {model.config.num_layers} layers). "
           "Type /help for commands.")
@@ -277,12 +313,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
         state["messages"].append({"role": "user", "content": line})
         print("assistant> ", end="", flush=True)
         try:
-            reply = print_reply(model, tokenizer, state["messages"], sampling)
+            answer = reply(model, tokenizer, state["messages"], sampling, on_piece=print_piece)
+            print()
         except KeyboardInterrupt:
             print("\n(reply interrupted)")
             state["messages"].pop()
             continue
-        state["messages"].append({"role": "assistant", "content": reply})
+        state["messages"].append({"role": "assistant", "content": answer})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -315,52 +352,30 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--num-layers", type=positive_int, default=None,
                      help="override the preset's number of transformer blocks")
     pre.add_argument("--out", type=Path, default=OUTPUTS / "models" / "base")
-    pre.add_argument("--epochs", type=positive_int, default=1)
-    pre.add_argument("--batch-size", type=positive_int, default=16)
-    pre.add_argument("--grad-accum", type=positive_int, default=1)
-    pre.add_argument("--lr", type=positive_float, default=2e-3)
-    pre.add_argument("--warmup-steps", type=int, default=100)
-    pre.add_argument("--max-steps", type=positive_int, default=None)
-    pre.add_argument("--eval-every", type=positive_int, default=200)
-    pre.add_argument("--save-every", type=positive_int, default=200)
-    pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    pre.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    add_config_flags(pre, "train_config", TRAIN_PRESETS["pretrain"])
     pre.set_defaults(run=cmd_pretrain)
 
     train = commands.add_parser("train", help="fine-tune the base model (LoRA or --full)")
-    train.add_argument("--base", type=existing_path, default=BASE_DIR)
-    train.add_argument("--data", type=existing_path, default=DATA_DIR / "train.jsonl")
-    train.add_argument("--val", type=existing_path, default=DATA_DIR / "val.jsonl")
-    train.add_argument("--epochs", type=positive_int, default=3)
-    train.add_argument("--batch-size", type=positive_int, default=4, help="the micro-batch")
-    train.add_argument("--grad-accum", type=positive_int, default=1)
-    train.add_argument("--lr", type=positive_float, default=None,
-                       help=f"peak learning rate (default {LORA_LR} LoRA, "
-                            f"{LORA_ALL_LINEAR_LR} with --lora-targets all-linear, {FULL_LR} "
-                            "--full: the best rates tried, experiments/results/lr_sweep.md)")
-    train.add_argument("--warmup-steps", type=int, default=10)
-    train.add_argument("--lora-rank", type=positive_int, default=8)
-    train.add_argument("--lora-alpha", type=positive_float, default=16.0)
-    train.add_argument("--lora-dropout", type=float, default=0.0)
-    train.add_argument("--lora-targets", default="q_proj,v_proj",
-                       help='comma-separated module names, or "all-linear"')
+    train.add_argument("--base", type=existing_path, default=BASE_DIR,
+                       help="the model to fine-tune (default: data/base)")
+    train.add_argument("--data", type=existing_path, default=DATA_DIR / "train.jsonl",
+                       help="training conversations: JSONL, Alpaca or ShareGPT")
+    train.add_argument("--val", type=existing_path, default=DATA_DIR / "val.jsonl",
+                       help="validation conversations (early stopping, best weights)")
     train.add_argument("--full", action="store_true", help="train every parameter, no LoRA")
-    train.add_argument("--max-steps", type=positive_int, default=None)
     train.add_argument("--max-len", type=positive_int, default=None,
                        help="token limit per conversation (default: the model's context)")
-    train.add_argument("--eval-every", type=positive_int, default=250)
-    train.add_argument("--patience", type=positive_int, default=None)
-    train.add_argument("--save-every", type=positive_int, default=None)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    train.add_argument("--gradient-checkpointing", action="store_true",
-                       help="recompute activations in backward: less memory, more time")
-    train.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     train.add_argument("--out", type=Path, default=None,
                        help="output folder (default outputs/models/lora or outputs/models/full)")
     train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    lr_help = (f"peak learning rate (default {LORA_LR} LoRA, {LORA_ALL_LINEAR_LR} with "
+               f"--lora-targets all-linear, {FULL_LR} --full: the best rates tried, "
+               "experiments/results/lr_sweep.md)")
+    add_config_flags(train, "train_config", TRAIN_PRESETS["finetune"],
+                     help_overrides={"lr": lr_help})
+    train.set_defaults(lr=None)  # None: config.recommended_lr for the method
+    add_config_flags(train, "lora_config", LoRAConfig(), prefix="lora-")
     train.set_defaults(run=cmd_train)
 
     ev = commands.add_parser("eval", help="exact match per task and perplexity")
@@ -380,14 +395,25 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", type=existing_path, default=BASE_DIR)
     chat.add_argument("--adapter", type=existing_path, default=None)
     chat.add_argument("--system", default=DEFAULT_SYSTEM)
-    add_sampling_flags(chat)
+    add_config_flags(chat, "sampling", SamplingConfig())
     chat.set_defaults(run=cmd_chat)
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with each config its flags describe built and checked:
+    a value a config refuses exits like any bad flag, with usage and the flag's name."""
+    args = build_parser().parse_args(argv)
+    try:
+        for dest, defaults, prefix in getattr(args, "config_groups", []):
+            setattr(args, dest, config_from_flags(args, defaults, prefix))
+    except CLIError as err:
+        args.parser.error(str(err))  # exits with status 2, as argparse does
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(argv)
     try:
         args.run(args)
     except (CLIError, ValueError, FileNotFoundError, FileExistsError) as err:

@@ -1,19 +1,48 @@
-"""Configuration dataclasses for the model, LoRA and training.
+"""Configuration dataclasses for the model, LoRA and training: the one source of defaults.
 
-The defaults are the seed project's table ("LLM 微调实战"): hidden 512, 6 layers, 8 heads,
-LoRA rank 8 and alpha 16, batch 4, learning rate 1e-4, 3 epochs. Every config round-trips
-through JSON so that a checkpoint on disk says exactly what produced it.
+The dataclass defaults are the seed project's table ("LLM 微调实战"): hidden 512, 6 layers,
+8 heads, LoRA rank 8 and alpha 16, batch 4, learning rate 1e-4, 3 epochs. What each
+command runs with is a named instance below (``TRAIN_PRESETS``), and the learning rate a
+fine-tune gets when none is given is ``recommended_lr``: the command line builds its flags
+from these fields, their help texts and those instances, so no default lives anywhere else.
+
+Every config checks its values when it is made (``__post_init__``) and raises
+``ConfigError``, which names the field, so the command line can name the flag. Every config
+round-trips through JSON, so that a checkpoint on disk says exactly what produced it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config field with a value it cannot take; ``field`` names it."""
+
+    def __init__(self, config: str, field: str, rule: str, value: Any) -> None:
+        self.field, self.rule, self.value = field, rule, value
+        super().__init__(f"{config}: {field} {rule}, got {value!r}")
+
+
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with its help text: the command line shows it beside the flag."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def check(config: Any, rules: dict[str, tuple[bool, str]]) -> None:
+    """Raise ``ConfigError`` for the first field whose rule does not hold."""
+    for name, (ok, rule) in rules.items():
+        if not ok:
+            raise ConfigError(type(config).__name__, name, rule, getattr(config, name))
+
+
+def _optional_at_least_one(value: int | None) -> bool:
+    return value is None or value >= 1
 
 
 @dataclass
@@ -80,17 +109,22 @@ class LoRAConfig:
     is ``"all-linear"`` for every linear layer except ``lm_head``.
     """
 
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | str = ("q_proj", "v_proj")
-    use_rslora: bool = False
+    rank: int = setting(8, "rank r of the update B @ A")
+    alpha: float = setting(16.0, "the update is scaled by alpha / rank")
+    dropout: float = setting(0.0, "dropout on the LoRA branch's input")
+    target_modules: tuple[str, ...] | str = setting(
+        ("q_proj", "v_proj"), 'comma-separated module names, or "all-linear"'
+    )
+    use_rslora: bool = setting(False, "scale by alpha / sqrt(rank) (rsLoRA)")
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):
             self.target_modules = tuple(self.target_modules)
-        if self.rank < 1:
-            raise ValueError(f"LoRAConfig: rank must be >= 1, got {self.rank}")
+        check(self, {
+            "rank": (self.rank >= 1, "must be >= 1"),
+            "alpha": (math.isfinite(self.alpha) and self.alpha > 0, "must be > 0"),
+            "dropout": (0 <= self.dropout < 1, "must be in [0, 1)"),
+        })
 
     @property
     def scale(self) -> float:
@@ -112,30 +146,47 @@ class TrainConfig:
     on a 2-core CPU.
     """
 
-    epochs: int = 3
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    max_steps: int | None = None
-    eval_every: int = 50
-    patience: int | None = None
-    save_every: int | None = None
-    seed: int = 0
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    compile: bool = False
+    epochs: int = setting(3, "passes over the training data")
+    batch_size: int = setting(4, "the micro-batch: examples per forward pass")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    lr: float = setting(1e-4, "peak learning rate")
+    weight_decay: float = setting(0.01, "AdamW weight decay (on matrices only)")
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW's beta1 and beta2")
+    warmup_steps: int = setting(10, "optimizer steps of linear warmup")
+    min_lr_ratio: float = setting(0.1, "the cosine ends at this fraction of lr")
+    max_grad_norm: float = setting(1.0, "clip the gradient to this global norm")
+    max_steps: int | None = setting(None, "stop after this many steps (replaces epochs)")
+    eval_every: int = setting(50, "validate every N steps (and after the last)")
+    patience: int | None = setting(None, "stop after N validations without improvement")
+    save_every: int | None = setting(None, "write a resumable checkpoint every N steps")
+    seed: int = setting(0, "seeds the data order and dropout")
+    bf16: bool = setting(False, "bf16 autocast for the forward pass")
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in backward: less memory, more time"
+    )
+    compile: bool = setting(
+        False, "torch.compile the training step: faster steps after a minute of compiling"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
-        for name in ("epochs", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        check(self, {
+            "epochs": (self.epochs >= 1, "must be >= 1"),
+            "batch_size": (self.batch_size >= 1, "must be >= 1"),
+            "grad_accum": (self.grad_accum >= 1, "must be >= 1"),
+            "lr": (self.lr > 0, "must be > 0"),
+            "weight_decay": (self.weight_decay >= 0, "must be >= 0"),
+            "betas": (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                      "must be two numbers in [0, 1)"),
+            "warmup_steps": (self.warmup_steps >= 0, "must be >= 0"),
+            "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
+            "max_grad_norm": (self.max_grad_norm > 0, "must be > 0"),
+            "max_steps": (_optional_at_least_one(self.max_steps), "must be None or >= 1"),
+            "eval_every": (self.eval_every >= 1, "must be >= 1"),
+            "patience": (_optional_at_least_one(self.patience), "must be None or >= 1"),
+            "save_every": (_optional_at_least_one(self.save_every), "must be None or >= 1"),
+        })
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -155,6 +206,44 @@ PRESETS: dict[str, ModelConfig] = {
     ),
 }
 
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # ``tinyllm train``: the seed's table, validating every 250 steps (the shipped data's
+    # 3 epochs are about 2,600 steps). Its learning rate is recommended_lr's.
+    "finetune": TrainConfig(eval_every=250),
+    # ``tinyllm pretrain``: the settings the shipped base was trained with
+    # (data/base/README.md): one pass over the corpus in batches of 16 blocks, a peak
+    # rate for a model learning from random weights, and GPT-style decay of 0.1.
+    "pretrain": TrainConfig(
+        epochs=1, batch_size=16, lr=2e-3, weight_decay=0.1, warmup_steps=100,
+        eval_every=200, save_every=200,
+    ),
+    # ``tinyllm demo``: a short run, more steps at a higher rate than ``finetune``, so the
+    # effect shows within the demo's time budget.
+    "demo": TrainConfig(
+        epochs=1, batch_size=8, lr=2e-3, warmup_steps=20, max_steps=250, eval_every=250,
+        bf16=True,
+    ),
+}
+
+# The seed's 1e-4 suits LoRA on a large model; on this 5M-parameter base, 3 epochs at 1e-4
+# barely move exact match (experiments/results/outcomes.md has the measurement). LoRA's
+# few, zero-initialised parameters take a higher rate than full fine-tuning, which can
+# overwrite what pretraining stored. Each rate is the best of those tried on the shipped
+# base (experiments/results/lr_sweep.md): adapters on every linear layer train about five
+# times the parameters of q_proj, v_proj (197,120 against 40,960), move the output further
+# per step, and do best at a third of their rate.
+LORA_LR = 3e-3  # q_proj, v_proj (the default adapter) or any other list of modules
+LORA_ALL_LINEAR_LR = 1e-3
+FULL_LR = 3e-4
+
+
+def recommended_lr(lora: LoRAConfig | None) -> float:
+    """The peak learning rate for fine-tuning the shipped base: LoRA with ``lora``, or
+    every parameter when ``lora`` is ``None``."""
+    if lora is None:
+        return FULL_LR
+    return LORA_ALL_LINEAR_LR if lora.target_modules == "all-linear" else LORA_LR
+
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
@@ -171,17 +260,5 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
         return cls(**data)
     except TypeError as err:
         raise ValueError(f"{source}: {err}") from err
-
-
-def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n", encoding="utf-8")
-
-
-def load_config(cls: type[T], path: str | Path) -> T:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from err
-    return config_from_dict(cls, data, source=str(path))
-
+    except ConfigError as err:
+        raise ValueError(f"{source}: {err}") from err

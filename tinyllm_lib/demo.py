@@ -14,23 +14,17 @@ import torch
 
 from .chat import Message
 from .checkpoint import load_pretrained
-from .config import LoRAConfig, TrainConfig
+from .config import TRAIN_PRESETS, LoRAConfig
 from .data import load_conversations, load_task_names, tokenize_conversations
 from .evaluate import compare_reports, exact_match, greedy_reply
 from .lora import apply_lora, trainable_report
 from .model import TinyLLM
-from .sampling import SamplingConfig, reply_stream
+from .sampling import SamplingConfig, print_piece, reply
 from .tokenizer import Tokenizer
 from .train import Trainer
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
-# A short run: more steps at a higher learning rate than the seed's 3-epoch default
-# (``tinyllm train``), so the effect shows within the demo's time budget.
-DEMO_TRAIN = TrainConfig(
-    epochs=1, batch_size=8, lr=2e-3, warmup_steps=20, max_steps=250, eval_every=250, seed=0,
-    bf16=True,
-)
 DEMO_LORA = LoRAConfig(rank=8, alpha=16, target_modules="all-linear")
 PER_TASK = 6  # evaluation questions per task family
 
@@ -78,7 +72,8 @@ def run_demo(seed: int = 0, data_dir: Path = DATA_DIR) -> None:
     max_len = model.config.max_seq_len
     train = tokenize_conversations(tokenizer, load_conversations(data_dir / "train.jsonl"), max_len)
     val = tokenize_conversations(tokenizer, load_conversations(data_dir / "val.jsonl"), max_len)
-    Trainer(model, train, val[:64], DEMO_TRAIN, pad_id=tokenizer.pad_id, run_name="demo").fit()
+    config = TRAIN_PRESETS["demo"]
+    Trainer(model, train, val[:64], config, pad_id=tokenizer.pad_id, run_name="demo").fit()
 
     heading("4. Exact match after fine-tuning")
     after = exact_match(model, tokenizer, conversations, tasks)
@@ -100,11 +95,8 @@ def run_demo(seed: int = 0, data_dir: Path = DATA_DIR) -> None:
     for user, reference in turns:
         messages.append({"role": "user", "content": user})
         print(f"user:      {user}\nassistant: ", end="")
-        pieces = []
-        for piece in reply_stream(model, tokenizer, messages, sampling):
-            print(piece, end="", flush=True)
-            pieces.append(piece)
+        answer = reply(model, tokenizer, messages, sampling, on_piece=print_piece)
         print(f"   (the test's answer: {reference})")
-        messages.append({"role": "assistant", "content": "".join(pieces)})
+        messages.append({"role": "assistant", "content": answer})
     print(f"\nDone in {time.time() - start:.0f} s. Next: `tinyllm train --epochs 3`, "
           "`tinyllm eval`, `tinyllm chat`, and the book in book/.")

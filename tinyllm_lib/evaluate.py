@@ -29,7 +29,7 @@ from torch import nn
 from tinyllm_lib.chat import EncodedChat, Message
 from tinyllm_lib.data import collate, tokenize_conversations
 from tinyllm_lib.model import lm_loss_sum
-from tinyllm_lib.sampling import SamplingConfig, reply_stream
+from tinyllm_lib.sampling import SamplingConfig, reply
 from tinyllm_lib.tokenizer import Tokenizer
 
 
@@ -166,8 +166,8 @@ def greedy_reply(
     decoding stops at ``<|im_end|>`` (or ``<|endoftext|>``). Older exchanges are dropped
     if the prompt would leave no room to answer.
     """
-    sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
-    return "".join(reply_stream(model, tokenizer, messages, sampling))
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+    return reply(model, tokenizer, messages, greedy)
 
 
 def exact_match(

@@ -8,11 +8,12 @@ next-token distribution change is another. This module has two ``ipywidgets`` to
   which they remove) and a Generate button;
 - ``ChatWidget``: a conversation with a model in ChatML, with a system prompt box.
 
-The computations live in plain functions (``next_token_table``, ``generate_text``,
-``chat_reply``, and the HTML renderings) that take and return ordinary values, so they can
-be tested and reused without a browser; the widget classes only lay out controls and
-connect them to those functions. Everything is drawn as HTML rather than with matplotlib:
-HTML redraws fast, and the browser has fonts for Chinese where matplotlib may not.
+The computations live in plain functions (``next_token_table``, ``generate_text``, the
+HTML renderings, and ``sampling.reply`` for the chat) that take and return ordinary
+values, so they can be tested and reused without a browser; the widget classes only lay
+out controls and connect them to those functions. Everything is drawn as HTML rather than
+with matplotlib: HTML redraws fast, and the browser has fonts for Chinese where
+matplotlib may not.
 
 Widgets need a live kernel to react. In a static page (the built book) they show the
 state they were saved in, so a notebook should also show a static figure of the same data.
@@ -30,9 +31,9 @@ import ipywidgets as widgets
 import torch
 from torch import nn
 
-from tinyllm_lib.chat import DEFAULT_SYSTEM, EncodedChat, Message, encode_chat, format_chatml
+from tinyllm_lib.chat import DEFAULT_SYSTEM, EncodedChat, Message, format_chatml
 from tinyllm_lib.model import IGNORE_INDEX
-from tinyllm_lib.sampling import SamplingConfig, generate, process_logits
+from tinyllm_lib.sampling import SamplingConfig, generate, process_logits, reply
 from tinyllm_lib.tokenizer import Tokenizer
 
 DEFAULT_PROMPT = format_chatml(
@@ -217,25 +218,7 @@ def generate_text(
     """The text ``generate`` continues ``prompt`` with, stopping at the end of a turn or text."""
     prompt_ids = encode_prompt(tokenizer, prompt)
     _check_fits(model, prompt_ids)
-    stop_ids = (tokenizer.im_end_id, tokenizer.eos_id)
-    return tokenizer.decode(generate(model, prompt_ids, sampling, stop_ids=stop_ids))
-
-
-def chat_reply(
-    model: nn.Module, tokenizer: Tokenizer, messages: Sequence[Message], sampling: SamplingConfig
-) -> str:
-    """The assistant's reply to ``messages`` (which end with a user message).
-
-    The prompt is ``encode_chat(..., add_generation_prompt=True)``, trimmed so that the
-    reply has room for ``max_new_tokens`` (at least half the context is kept for the
-    conversation); the oldest exchanges are the first to go. Generation stops at
-    ``<|im_end|>``, the token that closes the assistant's turn.
-    """
-    context = model.config.max_seq_len
-    room = context - min(sampling.max_new_tokens, context // 2)
-    prompt_ids = encode_chat(tokenizer, messages, max_len=room, add_generation_prompt=True)
-    stop_ids = (tokenizer.im_end_id, tokenizer.eos_id)
-    return tokenizer.decode(generate(model, prompt_ids.input_ids, sampling, stop_ids=stop_ids))
+    return tokenizer.decode(generate(model, prompt_ids, sampling, stop_ids=tokenizer.stop_ids))
 
 
 def conversation_html(system: str, messages: Sequence[Message]) -> str:
@@ -346,7 +329,7 @@ class SamplingPlayground(widgets.VBox):
 class ChatWidget(widgets.VBox):
     """A chat with the model: a system prompt box, the conversation, Send and Reset.
 
-    Each reply is ``chat_reply`` on the whole conversation so far, so the model sees the
+    Each reply is ``sampling.reply`` on the whole conversation so far, so the model sees the
     history as ChatML, exactly as in training. ``send_message(text)`` does what typing
     ``text`` and pressing Send does (it is not called ``send`` because every widget already
     has a ``send`` method, which talks to the browser).
@@ -382,13 +365,13 @@ class ChatWidget(widgets.VBox):
         messages = [Message(role="system", content=self.system.value), *self.messages,
                     Message(role="user", content=text)]
         try:
-            reply = chat_reply(self.model, self.tokenizer, messages, self.chat_sampling)
+            answer = reply(self.model, self.tokenizer, messages, self.chat_sampling)
         except ValueError as err:  # e.g. ConversationTooLongError
             self.conversation.value = conversation_html(self.system.value, self.messages) + (
                 _error_html(err)
             )
             return
-        self.messages += [messages[-1], Message(role="assistant", content=reply)]
+        self.messages += [messages[-1], Message(role="assistant", content=answer)]
         self.message.value = ""
         self.redraw()
 

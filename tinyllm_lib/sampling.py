@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from tinyllm_lib.chat import Message, encode_chat
+from tinyllm_lib.config import check, setting
 from tinyllm_lib.model import KVCache
 from tinyllm_lib.tokenizer import Tokenizer
 
@@ -166,24 +167,21 @@ class SamplingConfig:
     ``torch.Generator`` is given to ``generate``.
     """
 
-    temperature: float = 0.8
-    top_k: int | None = 50
-    top_p: float = 0.95
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 128
-    seed: int | None = None
+    temperature: float = setting(0.8, "0 = greedy")
+    top_k: int | None = setting(50, "keep the k most likely tokens; 0 = off")
+    top_p: float = setting(0.95, "keep the smallest set of tokens this likely; 1 = off")
+    repetition_penalty: float = setting(1.0, "divide the logits of tokens already seen")
+    max_new_tokens: int = setting(128, "the longest reply, in tokens")
+    seed: int | None = setting(None, "seeds the draws, for a reproducible reply")
 
     def __post_init__(self) -> None:
-        checks = {
+        check(self, {
             "temperature": (self.temperature >= 0, "must be >= 0"),
             "top_k": (self.top_k is None or self.top_k >= 0, "must be >= 0 or None"),
             "top_p": (0 <= self.top_p <= 1, "must be in [0, 1]"),
             "repetition_penalty": (self.repetition_penalty > 0, "must be > 0"),
             "max_new_tokens": (self.max_new_tokens >= 0, "must be >= 0"),
-        }
-        for name, (ok, rule) in checks.items():
-            if not ok:
-                raise ValueError(f"SamplingConfig: {name} {rule}, got {getattr(self, name)}")
+        })
 
     @property
     def greedy(self) -> bool:
@@ -447,19 +445,29 @@ def reply_stream(
 
     The prompt is the ChatML rendering plus the generation prompt; older exchanges are
     dropped if it would leave no room to answer (at least ``max_new_tokens``, or half the
-    context). Decoding stops at ``<|im_end|>`` or ``<|endoftext|>``. Ids are decoded as a
-    whole at each step and only the new suffix is yielded, because a Chinese character or
-    an emoji may span several byte-level tokens: a trailing replacement character means
-    "incomplete" and waits for the next token. ``"".join`` of the pieces is the reply.
+    context). Decoding stops at the tokenizer's ``stop_ids`` (``<|im_end|>`` or
+    ``<|endoftext|>``); ``text_stream`` turns the ids into text. ``"".join`` of the pieces
+    is the reply (``reply`` returns it whole). Arguments are checked at the call.
     """
     sampling = sampling or SamplingConfig()
     context = model.config.max_seq_len
     room = context - min(sampling.max_new_tokens, context // 2)
     prompt = encode_chat(tokenizer, messages, max_len=room, add_generation_prompt=True).input_ids
-    stop_ids = (tokenizer.im_end_id, tokenizer.eos_id)
+    tokens = generate(model, prompt, sampling, stop_ids=tokenizer.stop_ids, generator=generator)
+    return text_stream(tokenizer, tokens)
+
+
+def text_stream(tokenizer: Tokenizer, tokens: Iterable[int]) -> Iterator[str]:
+    """``tokens`` decoded as they come: each piece is the text the newest token completes.
+
+    The ids so far are decoded as a whole at each step and only the new suffix is yielded,
+    because a Chinese character or an emoji may span several byte-level tokens: a trailing
+    replacement character means "incomplete" and waits for the next token. ``"".join`` of
+    the pieces is ``tokenizer.decode`` of all the tokens.
+    """
     ids: list[int] = []
     shown = ""
-    for token in generate(model, prompt, sampling, stop_ids=stop_ids, generator=generator):
+    for token in tokens:
         ids.append(token)
         text = tokenizer.decode(ids)
         if not text.endswith("\ufffd"):
@@ -468,3 +476,29 @@ def reply_stream(
     text = tokenizer.decode(ids)
     if text != shown:
         yield text[len(shown):]
+
+
+def reply(
+    model: nn.Module, tokenizer: Tokenizer, messages: Sequence[Message],
+    sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
+    on_piece: Callable[[str], Any] | None = None,
+) -> str:
+    """The assistant's whole reply to ``messages``: ``reply_stream``'s pieces joined.
+
+    ``on_piece`` is called with each piece as it is made, so a terminal can print the
+    reply as it grows (``on_piece=print_piece``) and still get the whole text back. The
+    command line, the demo, the chat widget and the evaluation all answer through this
+    one function.
+    """
+    pieces = []
+    for piece in reply_stream(model, tokenizer, messages, sampling, generator):
+        if on_piece is not None:
+            on_piece(piece)
+        pieces.append(piece)
+    return "".join(pieces)
+
+
+def print_piece(piece: str) -> None:
+    """Print a piece of a reply at once, on the same line: ``reply``'s ``on_piece`` in a
+    terminal."""
+    print(piece, end="", flush=True)

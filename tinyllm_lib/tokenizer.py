@@ -140,6 +140,11 @@ class Tokenizer:
     def pad_id(self) -> int:
         return SPECIAL_IDS[PAD]
 
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids that end a reply: ``<|im_end|>`` closes a turn, ``<|endoftext|>`` a text."""
+        return (self.im_end_id, self.eos_id)
+
     def id_to_token_bytes(self, token_id: int) -> bytes:
         """The bytes token ``token_id`` stands for (a special's bytes are its literal text)."""
         if not 0 <= token_id < self.vocab_size:

@@ -17,6 +17,15 @@ the run (training continues into further epochs, each in its own seeded order).
 
 Validation runs every ``eval_every`` steps and after the last step, not at epoch ends, so
 that ``patience`` always means the same number of steps whatever the dataset size.
+
+The parts, each usable alone: ``train_step`` is one optimizer step, whole; the *objective*
+it minimises is a parameter (``NextTokenNLL`` for pretraining and supervised fine-tuning;
+preference tuning brings its own); ``ResumeState`` is what a killed run needs to continue
+(in this library "checkpoint" means that, never an exported model); ``Trainer`` loops over
+steps, validates, stops early and keeps the best weights. Two seams are where data
+parallelism comes in: ``Trainer.step_indices`` (which examples a step takes: a process
+takes its share) and ``train_step``'s ``global_count`` (the step's count of label tokens,
+summed over processes so every process divides by the same number).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import torch
 from safetensors.torch import load_file
@@ -101,15 +110,17 @@ class TrainResult:
 
 @dataclass
 class StepLoss:
-    """Totals of one optimizer step's micro-batches (plain numbers, no graph attached)."""
+    """Totals of one optimizer step's micro-batches (plain numbers, no graph attached):
+    the summed loss, what it is a sum over (label tokens for next-token prediction), and
+    the input tokens read (padding excluded), for the throughput."""
 
-    nll_sum: float
-    label_tokens: int
+    loss_sum: float
+    count: int
     input_tokens: int
 
     @property
     def mean(self) -> float:
-        return self.nll_sum / self.label_tokens
+        return self.loss_sum / self.count
 
 
 def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
@@ -197,47 +208,99 @@ def batch_nll_sum(
     return next_token_nll(logits, labels)
 
 
+class Objective(Protocol):
+    """What a training step minimises: a sum over a micro-batch, and what it is a sum of.
+
+    A step's loss is ``sum of loss_sum / sum of count`` over its micro-batches: a mean per
+    label token for next-token prediction, a mean per preference pair for DPO.
+    """
+
+    def count(self, batch: Batch) -> int: ...
+
+    def loss_sum(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+
+class NextTokenNLL:
+    """Pretraining's and supervised fine-tuning's objective: the NLL of the label tokens.
+
+    ``compile=True`` runs ``batch_nll_sum`` through ``torch.compile``, which traces the
+    model's forward pass and the loss as one graph (the model itself stays as it is for
+    evaluation and saving). Fine-tuning batches vary in length; after the first new shape
+    torch.compile builds one graph for every length instead of one per length.
+    """
+
+    def __init__(self, bf16: bool = False, compile: bool = False) -> None:
+        self.bf16 = bf16
+        self.nll_sum = torch.compile(batch_nll_sum) if compile else batch_nll_sum
+
+    def count(self, batch: Batch) -> int:
+        return label_token_count(batch.labels)
+
+    def loss_sum(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.nll_sum(model, batch.input_ids, batch.labels, self.bf16)
+
+
+def local_count(count: int) -> int:
+    """A step's count in one process is its own (data parallelism sums it over processes)."""
+    return count
+
+
 def accumulate_gradients(
-    model: nn.Module, batches: Sequence[Batch], bf16: bool = False,
-    nll_sum: Callable[..., torch.Tensor] = batch_nll_sum,
+    model: nn.Module, batches: Sequence[Batch], objective: Objective | None = None,
+    global_count: Callable[[int], int] = local_count,
 ) -> StepLoss:
-    """Backpropagate the mean NLL over *all* label tokens of one optimizer step.
+    """Backpropagate the mean loss over *all* label tokens of one optimizer step.
 
     The label tokens of every micro-batch are counted first; each micro-batch then
-    backpropagates ``nll_sum / total_tokens``. Gradients add up across ``backward`` calls,
+    backpropagates ``loss_sum / total_tokens``. Gradients add up across ``backward`` calls,
     so the sum is exactly the gradient of one big batch's token mean. Dividing each
     micro-batch by its own token count instead would weigh a token in a short micro-batch
-    more than one in a long micro-batch. ``nll_sum`` computes a micro-batch's summed NLL:
-    ``batch_nll_sum``, or its compiled twin when the Trainer compiles.
+    more than one in a long micro-batch. ``objective`` defaults to ``NextTokenNLL()``;
+    ``global_count`` turns this process's count into the step's (``local_count``).
     """
+    objective = objective or NextTokenNLL()
     device = next(model.parameters()).device
-    total_tokens = sum(label_token_count(batch.labels) for batch in batches)
-    nll_total = torch.zeros((), device=device)
+    total = global_count(sum(objective.count(batch) for batch in batches))
+    loss_total = torch.zeros((), device=device)
     for batch in batches:
         batch = batch.to(device)
-        batch_nll = nll_sum(model, batch.input_ids, batch.labels, bf16)
-        (batch_nll / total_tokens).backward()
-        nll_total += batch_nll.detach()
+        loss = objective.loss_sum(model, batch)
+        (loss / total).backward()
+        loss_total += loss.detach()
     input_tokens = sum(int(batch.attention_mask.sum()) for batch in batches)
-    return StepLoss(float(nll_total), total_tokens, input_tokens)
+    return StepLoss(float(loss_total), total, input_tokens)
+
+
+def train_step(
+    model: nn.Module, batches: Sequence[Batch], optimizer: torch.optim.Optimizer,
+    objective: Objective | None = None, max_grad_norm: float = 1.0,
+    global_count: Callable[[int], int] = local_count,
+) -> tuple[StepLoss, float]:
+    """One optimizer step over ``batches`` (its micro-batches): the loss and the gradient
+    norm before clipping.
+
+    Accumulate the gradient of the step's mean loss, clip its global norm to
+    ``max_grad_norm`` (one bad batch then cannot throw the weights far), update, and clear
+    the gradients. A NaN or infinite loss or norm raises ``TrainingDiverged`` *before* the
+    update, so the weights stay those of the last good step.
+    """
+    loss = accumulate_gradients(model, batches, objective, global_count)
+    params = list(trainable_parameters(model).values())
+    grad_norm = float(nn.utils.clip_grad_norm_(params, max_grad_norm))
+    if not (math.isfinite(loss.mean) and math.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"loss {loss.mean}, gradient norm {grad_norm}")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
 
 
 def _check_settings(config: TrainConfig, has_val: bool, out_dir: Path | None) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ValueError(f"TrainConfig: {message}")
-
-    need(config.lr > 0, f"lr must be > 0, got {config.lr}")
-    need(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
-    ratio = config.min_lr_ratio
-    need(0 <= ratio <= 1, f"min_lr_ratio must be in [0, 1], got {ratio}")
-    need(config.max_grad_norm > 0, f"max_grad_norm must be > 0, got {config.max_grad_norm}")
-    need(config.eval_every >= 1, f"eval_every must be >= 1, got {config.eval_every}")
-    for name in ("max_steps", "patience", "save_every"):
-        value = getattr(config, name)
-        need(value is None or value >= 1, f"{name} must be None or >= 1, got {value}")
-    need(config.patience is None or has_val, "patience needs validation examples")
-    need(config.save_every is None or out_dir is not None, "save_every needs an out_dir")
+    """What ``TrainConfig`` cannot check alone: the settings that need the Trainer's data."""
+    if config.patience is not None and not has_val:
+        raise ValueError("TrainConfig: patience needs validation examples")
+    if config.save_every is not None and out_dir is None:
+        raise ValueError("TrainConfig: save_every needs an out_dir")
 
 
 def _check_train_examples(examples: Sequence[EncodedChat]) -> None:
@@ -262,6 +325,58 @@ def _torch_bytes(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass
+class ResumeState:
+    """Everything a run needs to continue exactly where it was saved, and its folder.
+
+    The trainable weights (the frozen ones are rebuilt the same way by the caller), the
+    optimizer's moments, the random generators' state (dropout), the loop's progress,
+    the best weights so far, and where in which data order the run was, so that a resume
+    on other data is refused instead of silently training on a different sequence.
+    ``save`` writes the folder whole beside the old one and swaps it in with renames
+    (``files.write_directory``), so the folder only ever names a complete state, and a
+    run killed mid-save resumes from the previous one.
+    """
+
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    progress: TrainerState
+    best_weights: dict[str, torch.Tensor] | None
+    data_position: dict[str, Any]
+    train_config: dict[str, Any]
+
+    def save(self, directory: Path) -> Path:
+        info = {"trainer_state": asdict(self.progress), "data_position": self.data_position,
+                "train_config": self.train_config}
+        files = {
+            "trainable.safetensors": safetensors_bytes(self.trainable),
+            "optimizer.pt": _torch_bytes(self.optimizer),
+            "rng.pt": _torch_bytes(self.rng),
+            "trainer_state.json": json_bytes(info, indent=1),
+        }
+        if self.best_weights is not None:
+            files["best.safetensors"] = safetensors_bytes(self.best_weights)
+        return write_directory(directory, files)
+
+    @classmethod
+    def load(cls, directory: Path) -> ResumeState:
+        path = recover_directory(directory)
+        if path is None:
+            raise FileNotFoundError(f"{directory}: no checkpoint to resume from")
+        info = read_json_object(path / "trainer_state.json")
+        best = path / "best.safetensors"
+        return cls(
+            trainable=load_file(path / "trainable.safetensors"),
+            optimizer=torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+            rng=torch.load(path / "rng.pt", weights_only=True),
+            progress=TrainerState.from_dict(info["trainer_state"]),
+            best_weights=load_file(best) if best.exists() else None,
+            data_position=info["data_position"],
+            train_config=info["train_config"],
+        )
+
+
 class Trainer:
     """Fine-tunes the trainable parameters of ``model`` on tokenised chat examples.
 
@@ -270,8 +385,10 @@ class Trainer:
     metrics to ``log_dir/<run_name>.jsonl`` when ``log_dir`` is given. The model is moved to
     ``device`` (default: the best this machine has). ``progress=False`` hides the tqdm bar.
 
-    ``fit`` seeds torch with ``config.seed`` (dropout); initialising the model and the LoRA
-    matrices reproducibly is the caller's job, as is saving the final model.
+    ``objective`` is what each step minimises (default ``NextTokenNLL`` with the config's
+    bf16 and compile settings). ``fit`` seeds torch with ``config.seed`` (dropout);
+    initialising the model and the LoRA matrices reproducibly is the caller's job, as is
+    saving the final model.
     """
 
     def __init__(
@@ -286,6 +403,7 @@ class Trainer:
         run_name: str = "train",
         device: torch.device | str | None = None,
         progress: bool = True,
+        objective: Objective | None = None,
     ) -> None:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         _check_settings(config, bool(val_examples), self.out_dir)
@@ -304,12 +422,7 @@ class Trainer:
             if not hasattr(model, "gradient_checkpointing"):
                 raise ValueError(f"Trainer: {type(model).__name__} has no gradient checkpointing")
             model.gradient_checkpointing = True
-        # What a training step calls for each micro-batch's loss: batch_nll_sum, or its
-        # compiled twin, which traces the model's forward pass and the loss as one graph
-        # (evaluation, checkpoints and the caller keep using ``model`` as it is).
-        # Fine-tuning batches vary in length; after the first new shape, dynamic=None
-        # lets torch.compile build one graph for every length instead of one per length.
-        self.batch_nll_sum = torch.compile(batch_nll_sum) if config.compile else batch_nll_sum
+        self.objective = objective or NextTokenNLL(config.bf16, config.compile)
         # fused=True: one kernel updates all parameters instead of a chain of for-each
         # operations; the same AdamW math with fewer passes over memory.
         self.optimizer = torch.optim.AdamW(
@@ -377,8 +490,9 @@ class Trainer:
         out_of_patience = patience is not None and self.state.evals_without_improvement >= patience
         return self.state.step >= self.total_steps or out_of_patience
 
-    def _step_indices(self, step: int) -> list[int]:
-        """Example indices of the 0-based optimizer step ``step``: a slice of its epoch's order."""
+    def step_indices(self, step: int) -> list[int]:
+        """Example indices of the 0-based optimizer step ``step``: a slice of its epoch's
+        seeded order. (The data-parallel seam: each process takes its share of these.)"""
         epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
         start = step_in_epoch * self.examples_per_step
         order = epoch_order(len(self.train_examples), self.config.seed, epoch)
@@ -389,25 +503,22 @@ class Trainer:
         step = self.state.step
         batches = [
             collate([self.train_examples[i] for i in chunk], self.pad_id)
-            for chunk in micro_batches(self._step_indices(step), self.config.batch_size)
+            for chunk in micro_batches(self.step_indices(step), self.config.batch_size)
         ]
         lr = lr_at(step, self.config, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = accumulate_gradients(self.model, batches, self.config.bf16, self.batch_nll_sum)
-        params = list(trainable_parameters(self.model).values())
-        grad_norm = float(nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
-        if not (math.isfinite(loss.mean) and math.isfinite(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
+        try:
+            loss, grad_norm = train_step(self.model, batches, self.optimizer, self.objective,
+                                         self.config.max_grad_norm)
+        except TrainingDiverged as err:
             checkpoint = self.checkpoint_dir
             kept = checkpoint if checkpoint and checkpoint.exists() else "none saved"
             raise TrainingDiverged(
-                f"step {step + 1}: loss {loss.mean}, gradient norm {grad_norm}: training "
-                f"stopped and this step was not applied (the model keeps the weights after "
-                f"step {step}; last checkpoint: {kept}). Try a lower lr or max_grad_norm."
-            )
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+                f"step {step + 1}: {err}: training stopped and this step was not applied "
+                f"(the model keeps the weights after step {step}; last checkpoint: {kept}). "
+                "Try a lower lr or max_grad_norm."
+            ) from None
         self.state.step += 1
         return StepRecord(
             step=self.state.step,
@@ -477,35 +588,18 @@ class Trainer:
         return self.out_dir / CHECKPOINT_DIR if self.out_dir is not None else None
 
     def save_checkpoint(self) -> Path:
-        """Write everything needed to resume into ``out_dir/checkpoint/``, atomically.
-
-        ``files.write_directory`` writes the folder whole beside the old one and swaps it
-        in with renames, so ``checkpoint/`` only ever names a complete checkpoint, and a
-        run killed mid-save resumes from the previous one.
-        """
-        files = {
-            "trainable.safetensors": safetensors_bytes(trainable_state(self.model)),
-            "optimizer.pt": _torch_bytes(self.optimizer.state_dict()),
-            "rng.pt": _torch_bytes(_rng_state()),
-            "trainer_state.json": json_bytes(self._checkpoint_info(), indent=1),
-        }
-        if self.best_weights is not None:
-            files["best.safetensors"] = safetensors_bytes(self.best_weights)
-        return write_directory(self.checkpoint_dir, files)
-
-    def _checkpoint_info(self) -> dict[str, Any]:
+        """Write the run's ``ResumeState`` into ``out_dir/checkpoint/``, atomically."""
         epoch, step_in_epoch = divmod(self.state.step, self.steps_per_epoch)
-        return {
-            "trainer_state": asdict(self.state),
-            "data_position": {
-                "epoch": epoch,
-                "next_example": step_in_epoch * self.examples_per_step,
-                "num_examples": len(self.train_examples),
-                "examples_per_step": self.examples_per_step,
-                "seed": self.config.seed,
-            },
-            "train_config": config_to_dict(self.config),
+        position = {
+            "epoch": epoch,
+            "next_example": step_in_epoch * self.examples_per_step,
+            **self._data_identity(),
         }
+        return ResumeState(
+            trainable=trainable_state(self.model), optimizer=self.optimizer.state_dict(),
+            rng=_rng_state(), progress=self.state, best_weights=self.best_weights,
+            data_position=position, train_config=config_to_dict(self.config),
+        ).save(self.checkpoint_dir)
 
     def load_checkpoint(self) -> None:
         """Restore weights, optimizer, RNG, data position and history from ``out_dir``.
@@ -513,34 +607,30 @@ class Trainer:
         The frozen weights are not in the checkpoint: the model must be built the same way
         (same base, same LoRA setup) as in the run that saved it.
         """
-        path = recover_directory(self.checkpoint_dir) if self.checkpoint_dir else None
-        if path is None:
-            raise FileNotFoundError(
-                f"{self.checkpoint_dir or CHECKPOINT_DIR}: no checkpoint to resume from"
-            )
-        info = read_json_object(path / "trainer_state.json")
-        self._check_same_data(info["data_position"], path)
-        load_trainable_state(
-            self.model, load_file(path / "trainable.safetensors"),
-            str(path / "trainable.safetensors"),
-        )
-        self.optimizer.load_state_dict(
-            torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        )
-        _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-        best_path = path / "best.safetensors"
-        self.best_weights = load_file(best_path) if best_path.exists() else None
-        self.state = TrainerState.from_dict(info["trainer_state"])
+        if self.checkpoint_dir is None:
+            raise FileNotFoundError(f"{CHECKPOINT_DIR}: no checkpoint to resume from")
+        saved = ResumeState.load(self.checkpoint_dir)
+        self._check_same_data(saved.data_position, self.checkpoint_dir)
+        load_trainable_state(self.model, saved.trainable,
+                             str(self.checkpoint_dir / "trainable.safetensors"))
+        self.optimizer.load_state_dict(saved.optimizer)
+        _set_rng_state(saved.rng)
+        self.best_weights = saved.best_weights
+        self.state = saved.progress
 
-    def _check_same_data(self, saved: dict[str, Any], path: Path) -> None:
-        """Refuse to resume when the step -> examples mapping would differ from the saved run."""
-        now = {
+    def _data_identity(self) -> dict[str, int]:
+        """What fixes the step -> examples mapping: a resume must see the same."""
+        return {
             "num_examples": len(self.train_examples),
             "examples_per_step": self.examples_per_step,
             "seed": self.config.seed,
         }
+
+    def _check_same_data(self, saved: dict[str, Any], path: Path) -> None:
+        """Refuse to resume when the step -> examples mapping would differ from the saved run."""
         changed = [
-            f"{key} {saved[key]} -> {value}" for key, value in now.items() if saved[key] != value
+            f"{key} {saved[key]} -> {value}"
+            for key, value in self._data_identity().items() if saved[key] != value
         ]
         if changed:
             raise ValueError(
