@@ -24,8 +24,7 @@ from pathlib import Path
 from probe_base import PROBES_PER_SKILL, arithmetic, skill_accuracy, sort_numbers
 
 from tinyllm_lib.checkpoint import load_pretrained
-from tinyllm_lib.cli import BASE_DIR, DATA_DIR
-from tinyllm_lib.config import TrainConfig
+from tinyllm_lib.config import BASE_DIR, DATA_DIR, TrainConfig
 from tinyllm_lib.pretrain import pack_documents
 from tinyllm_lib.train import Trainer
 from tinyllm_lib.world import load_corpus

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tinyllm_lib.checkpoint import load_pretrained
-from tinyllm_lib.cli import BASE_DIR, DATA_DIR
+from tinyllm_lib.config import BASE_DIR, DATA_DIR
 from tinyllm_lib.data import load_conversations
 from tinyllm_lib.evaluate import exact_match
 from tinyllm_lib.lora import load_adapter

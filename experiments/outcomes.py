@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from tinyllm_lib.checkpoint import load_pretrained, save_pretrained
-from tinyllm_lib.cli import BASE_DIR, DATA_DIR, main
+from tinyllm_lib.cli import main
+from tinyllm_lib.config import BASE_DIR, DATA_DIR
 from tinyllm_lib.model import TinyLLM
 
 REPO = Path(__file__).resolve().parent.parent

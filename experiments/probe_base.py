@@ -25,7 +25,7 @@ from pathlib import Path
 from torch import nn
 
 from tinyllm_lib.checkpoint import load_pretrained
-from tinyllm_lib.cli import BASE_DIR
+from tinyllm_lib.config import BASE_DIR
 from tinyllm_lib.sampling import generate
 from tinyllm_lib.tokenizer import Tokenizer
 from tinyllm_lib.world import (

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from tinyllm_lib.chat import EncodedChat
 from tinyllm_lib.cli import main, parse, train_settings
 from tinyllm_lib.config import (
     FULL_LR,
@@ -17,7 +16,7 @@ from tinyllm_lib.config import (
     LoRAConfig,
     TrainConfig,
 )
-from tinyllm_lib.pretrain import pack_documents
+from tinyllm_lib.pretrain import Block, pack_documents
 from tinyllm_lib.sampling import SamplingConfig
 from tinyllm_lib.tokenizer import Tokenizer
 
@@ -73,7 +72,7 @@ def test_pack_documents_joins_with_endoftext_and_cuts_full_blocks():
     stream = tok.encode("ab") + [tok.eos_id] + tok.encode("cd") + [tok.eos_id]
     expected = [stream[i : i + 2] for i in range(0, len(stream) - 1, 2)]
     assert [b.input_ids for b in blocks] == expected
-    assert all(isinstance(b, EncodedChat) and b.labels == b.input_ids for b in blocks)
+    assert all(isinstance(b, Block) and b.labels == b.input_ids for b in blocks)
 
 
 @pytest.mark.parametrize("full", [False, True])

@@ -24,6 +24,8 @@ import torch
 from .chat import DEFAULT_SYSTEM
 from .checkpoint import load_pretrained, save_pretrained
 from .config import (
+    BASE_DIR,
+    DATA_DIR,
     FULL_LR,
     LORA_ALL_LINEAR_LR,
     LORA_LR,
@@ -42,8 +44,6 @@ from .sampling import SamplingConfig, print_piece, reply
 from .tokenizer import Tokenizer
 from .train import Trainer
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-BASE_DIR = DATA_DIR / "base"
 OUTPUTS = Path("outputs")
 
 class CLIError(Exception):

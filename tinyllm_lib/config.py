@@ -16,9 +16,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+"""The project's data: the synthetic world's files (``tinyllm data``) and the shipped base."""
+BASE_DIR = DATA_DIR / "base"
 
 
 class ConfigError(ValueError):

@@ -19,19 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from tinyllm_lib.chat import (
-    IGNORE_INDEX,
-    EncodedChat,
-    Message,
-    check_messages,
-    encode_chat,
-    split_turns,
-)
+from tinyllm_lib.chat import EncodedChat, Message, check_messages, encode_chat, split_turns
 from tinyllm_lib.files import jsonl_bytes, read_json, read_jsonl, write_atomic
+from tinyllm_lib.model import IGNORE_INDEX
 from tinyllm_lib.tokenizer import Tokenizer
 
 SHAREGPT_ROLES = {
@@ -198,6 +192,17 @@ def tokenize_conversations(
     return examples
 
 
+class TrainingExample(Protocol):
+    """What the trainer, ``collate`` and ``mean_nll`` need of an example: token ids and
+    labels as long as them (``-100`` where a token is not a target; not shifted). A chat's
+    ``EncodedChat`` and a pretraining ``Block`` are both one."""
+
+    input_ids: Sequence[int]
+    labels: Sequence[int]
+
+    def __len__(self) -> int: ...
+
+
 @dataclass
 class Batch:
     """A right-padded batch; every tensor is ``[batch, seq]`` of dtype long."""
@@ -214,7 +219,7 @@ class Batch:
         )
 
 
-def collate(examples: Sequence[EncodedChat], pad_id: int) -> Batch:
+def collate(examples: Sequence[TrainingExample], pad_id: int) -> Batch:
     """Stack examples into one batch, padding each on the right to the longest.
 
     Padding gets ``pad_id`` as input, ``-100`` as label and 0 in ``attention_mask``.

@@ -14,16 +14,14 @@ import torch
 
 from .chat import Message
 from .checkpoint import load_pretrained
-from .config import TRAIN_PRESETS, LoRAConfig
+from .config import DATA_DIR, TRAIN_PRESETS, LoRAConfig
 from .data import load_conversations, load_task_names, tokenize_conversations
 from .evaluate import compare_reports, exact_match, greedy_reply
-from .lora import apply_lora, trainable_report
+from .lora import apply_lora, count_parameters, trainable_report
 from .model import TinyLLM
 from .sampling import SamplingConfig, print_piece, reply
 from .tokenizer import Tokenizer
 from .train import Trainer
-
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 DEMO_LORA = LoRAConfig(rank=8, alpha=16, target_modules="all-linear")
 PER_TASK = 6  # evaluation questions per task family
@@ -55,7 +53,7 @@ def run_demo(seed: int = 0, data_dir: Path = DATA_DIR) -> None:
     torch.manual_seed(seed)
     model, tokenizer = load_pretrained(data_dir / "base")
     heading("1. The base model")
-    print(f"TinyLLM with {sum(p.numel() for p in model.parameters()):,} parameters, "
+    print(f"TinyLLM with {count_parameters(model)[1]:,} parameters, "
           f"pretrained on the synthetic world's corpus (data/base).")
     conversations, tasks = eval_subset(data_dir / "test.jsonl", PER_TASK)
     question = conversations[0][-2]["content"]

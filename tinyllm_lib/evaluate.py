@@ -26,14 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from tinyllm_lib.chat import EncodedChat, Message
-from tinyllm_lib.data import collate, tokenize_conversations
+from tinyllm_lib.chat import Message
+from tinyllm_lib.data import TrainingExample, collate, tokenize_conversations
 from tinyllm_lib.model import lm_loss_sum
 from tinyllm_lib.sampling import SamplingConfig, reply
 from tinyllm_lib.tokenizer import Tokenizer
 
 
-def mean_nll(model: nn.Module, examples: Sequence[EncodedChat], batch_size: int = 8) -> float:
+def mean_nll(
+    model: nn.Module, examples: Sequence[TrainingExample], batch_size: int = 8
+) -> float:
     """Sum of NLL over all label tokens / number of label tokens, over a dataset (nats).
 
     Summing over tokens first and dividing once weights every token equally; averaging
@@ -64,7 +66,9 @@ def mean_nll(model: nn.Module, examples: Sequence[EncodedChat], batch_size: int 
     return total_nll / total_tokens
 
 
-def perplexity(model: nn.Module, examples: Sequence[EncodedChat], batch_size: int = 8) -> float:
+def perplexity(
+    model: nn.Module, examples: Sequence[TrainingExample], batch_size: int = 8
+) -> float:
     """``exp(mean_nll)``: the number of equally likely tokens the model is as unsure as."""
     return math.exp(mean_nll(model, examples, batch_size))
 

@@ -15,12 +15,26 @@ from pathlib import Path
 
 import torch
 
-from .chat import EncodedChat
 from .checkpoint import save_pretrained
 from .config import ModelConfig, TrainConfig
 from .model import TinyLLM
 from .tokenizer import Tokenizer
 from .train import Trainer, TrainResult
+
+
+@dataclass
+class Block:
+    """``block_size`` tokens of the packed corpus. Every token is a target, so the labels
+    are the ids themselves (the loss shifts them by one)."""
+
+    input_ids: list[int]
+
+    @property
+    def labels(self) -> list[int]:
+        return self.input_ids
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
 
 
 @dataclass
@@ -34,7 +48,7 @@ class PretrainResult:
 
 def pack_documents(
     tokenizer: Tokenizer, documents: Sequence[str], block_size: int
-) -> list[EncodedChat]:
+) -> list[Block]:
     """Encode, join with ``<|endoftext|>`` and cut into full blocks of ``block_size`` tokens.
 
     The tail that does not fill a block is dropped: a few hundred tokens of a corpus of
@@ -47,7 +61,7 @@ def pack_documents(
     blocks = []
     for start in range(0, len(stream) - block_size + 1, block_size):
         ids = stream[start : start + block_size]
-        blocks.append(EncodedChat(input_ids=ids, labels=list(ids)))
+        blocks.append(Block(ids))
     return blocks
 
 

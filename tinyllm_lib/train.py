@@ -45,12 +45,11 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from tqdm.auto import tqdm
 
-from tinyllm_lib.chat import IGNORE_INDEX, EncodedChat
 from tinyllm_lib.config import TrainConfig, config_to_dict
-from tinyllm_lib.data import Batch, collate, epoch_order, micro_batches
+from tinyllm_lib.data import Batch, TrainingExample, collate, epoch_order, micro_batches
 from tinyllm_lib.evaluate import mean_nll
 from tinyllm_lib.files import json_bytes, read_json_object, recover_directory, write_directory
-from tinyllm_lib.model import default_device, label_token_count, next_token_nll
+from tinyllm_lib.model import IGNORE_INDEX, default_device, label_token_count, next_token_nll
 
 CHECKPOINT_DIR = "checkpoint"
 """Name of the checkpoint folder inside ``out_dir``."""
@@ -303,7 +302,7 @@ def _check_settings(config: TrainConfig, has_val: bool, out_dir: Path | None) ->
         raise ValueError("TrainConfig: save_every needs an out_dir")
 
 
-def _check_train_examples(examples: Sequence[EncodedChat]) -> None:
+def _check_train_examples(examples: Sequence[TrainingExample]) -> None:
     if not examples:
         raise ValueError("Trainer: no training examples")
     for i, example in enumerate(examples):
@@ -380,10 +379,11 @@ class ResumeState:
 class Trainer:
     """Fine-tunes the trainable parameters of ``model`` on tokenised chat examples.
 
-    ``train_examples`` and ``val_examples`` are ``EncodedChat``-like objects (``input_ids``,
-    ``labels``). Checkpoints go to ``out_dir/checkpoint/`` every ``config.save_every`` steps;
-    metrics to ``log_dir/<run_name>.jsonl`` when ``log_dir`` is given. The model is moved to
-    ``device`` (default: the best this machine has). ``progress=False`` hides the tqdm bar.
+    ``train_examples`` and ``val_examples`` are ``TrainingExample``s (``input_ids``,
+    ``labels``: chats or pretraining blocks). Checkpoints go to ``out_dir/checkpoint/``
+    every ``config.save_every`` steps; metrics to ``log_dir/<run_name>.jsonl`` when
+    ``log_dir`` is given. The model is moved to ``device`` (default: the best this machine
+    has). ``progress=False`` hides the tqdm bar.
 
     ``objective`` is what each step minimises (default ``NextTokenNLL`` with the config's
     bf16 and compile settings). ``fit`` seeds torch with ``config.seed`` (dropout);
@@ -394,8 +394,8 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        train_examples: Sequence[EncodedChat],
-        val_examples: Sequence[EncodedChat],
+        train_examples: Sequence[TrainingExample],
+        val_examples: Sequence[TrainingExample],
         config: TrainConfig,
         pad_id: int,
         out_dir: str | Path | None = None,
