@@ -34,8 +34,8 @@ import torch
 from report import write_report
 from torch import nn
 
-from tinyllm_lib.checkpoint import CONFIG_FILE, config_from_llama, config_to_llama
 from tinyllm_lib.config import PRESETS, ModelConfig, config_to_dict
+from tinyllm_lib.formats.hf_llama import CONFIG_FILE, config_to_llama, read_llama_config
 from tinyllm_lib.model import TinyLLM
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -45,10 +45,9 @@ PARITY_TOLERANCE = 1e-4
 
 def base_config() -> ModelConfig:
     """The shipped base model's shape, read from ``data/base/config.json`` when it exists."""
-    path = SHIPPED_BASE_DIR / CONFIG_FILE
-    if not path.exists():
+    if not (SHIPPED_BASE_DIR / CONFIG_FILE).exists():
         return PRESETS["base"]  # the shape `pretrain` gives it
-    return config_from_llama(json.loads(path.read_text(encoding="utf-8")), path)
+    return read_llama_config(SHIPPED_BASE_DIR)
 
 
 def model_sizes() -> dict[str, ModelConfig]:

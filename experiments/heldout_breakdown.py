@@ -22,7 +22,7 @@ from tinyllm_lib.checkpoint import load_pretrained
 from tinyllm_lib.config import BASE_DIR, DATA_DIR
 from tinyllm_lib.data import load_conversations
 from tinyllm_lib.evaluate import exact_match
-from tinyllm_lib.lora import load_adapter
+from tinyllm_lib.formats.peft_adapter import load_adapter
 from tinyllm_lib.world import LANGS, Person, make_world
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,21 +1,19 @@
-"""save_pretrained / load_pretrained: exact round trips, atomic saves, clear errors, HF format."""
+"""save_pretrained / load_pretrained: exact round trips, atomic saves, clear errors.
+
+The Llama format itself (config.json, weights, transformers) is tested in test_hf_llama.py.
+"""
 
 import json
 import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from tinyllm_lib import files
-from tinyllm_lib.checkpoint import (
-    CONFIG_FILE,
-    TOKENIZER_FILE,
-    WEIGHTS_FILE,
-    load_pretrained,
-    save_pretrained,
-)
+from tinyllm_lib.checkpoint import TOKENIZER_FILE, load_pretrained, save_pretrained
 from tinyllm_lib.config import PRESETS, LoRAConfig, ModelConfig
+from tinyllm_lib.formats.hf_llama import CONFIG_FILE, WEIGHTS_FILE
 from tinyllm_lib.lora import apply_lora, lora_layers
 from tinyllm_lib.model import TinyLLM
 from tinyllm_lib.tokenizer import Tokenizer
@@ -61,22 +59,6 @@ def test_round_trip_is_exact(tmp_path, tokenizer, config):
     text = "the mat 垫子 <|im_end|>"
     assert tok.encode(text) == tokenizer.encode(text) and tok.special_tokens == \
         tokenizer.special_tokens
-
-
-def test_config_json_is_a_llama_config(tmp_path, tokenizer):
-    save_pretrained(make_model(UNTIED), tokenizer, tmp_path)
-    data = json.loads((tmp_path / CONFIG_FILE).read_text())
-    assert data["model_type"] == "llama" and data["architectures"] == ["LlamaForCausalLM"]
-    assert {k: data[k] for k in (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "num_key_value_heads", "intermediate_size", "max_position_embeddings", "rope_theta",
-        "rms_norm_eps", "tie_word_embeddings", "attention_dropout", "head_dim", "hidden_act",
-    )} == {
-        "vocab_size": 320, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 128,
-        "rope_theta": 500.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-        "attention_dropout": 0.1, "head_dim": 16, "hidden_act": "silu",
-    }
 
 
 def test_a_lora_model_is_saved_merged_as_a_plain_model(tmp_path, tokenizer):
@@ -135,44 +117,6 @@ def test_missing_directory_and_files_are_named(tmp_path, tokenizer):
             load_pretrained(broken, device="cpu")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"num_layers": 3}, "unknown field(s) ['num_layers']"),
-    ({"hidden_size": "64"}, "'hidden_size' must be an int"),
-    ({"num_hidden_layers": 0}, "'num_hidden_layers' must be >= 1"),
-    ({"vocab_size": None}, "missing field 'vocab_size'"),
-    ({"rms_norm_eps": None, "keep_null": True}, "'rms_norm_eps' must be a number, got None"),
-    ({"model_type": "gpt2"}, "'model_type' must be 'llama'"),
-    ({"hidden_act": "gelu"}, "'hidden_act' must be 'silu'"),
-    ({"num_attention_heads": 5}, "not divisible"),
-    ({"head_dim": 32}, "'head_dim' is 32"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "not plain RoPE"),
-])
-def test_bad_config_names_the_file_and_field(tmp_path, tokenizer, change, message):
-    save_pretrained(make_model(), tokenizer, tmp_path)
-    path = tmp_path / CONFIG_FILE
-    data = {**json.loads(path.read_text()), **change}
-    keep_null = data.pop("keep_null", False)
-    path.write_text(json.dumps({k: v for k, v in data.items() if v is not None or keep_null}))
-    with pytest.raises(ValueError, match="config.json") as err:
-        load_pretrained(tmp_path, device="cpu")
-    assert message in str(err.value)
-
-
-def test_weights_of_another_shape_or_keys_are_named(tmp_path, tokenizer):
-    save_pretrained(make_model(), tokenizer, tmp_path)
-    weights = tmp_path / WEIGHTS_FILE
-    tensors = load_file(weights)
-    tensors["model.norm.weight"] = torch.ones(32)
-    save_file(tensors, weights)
-    with pytest.raises(ValueError, match=r"model.safetensors.*model.norm.weight.*\[32\].*\[64\]"):
-        load_pretrained(tmp_path, device="cpu")
-    del tensors["model.norm.weight"]
-    tensors["extra.weight"] = torch.ones(2)
-    save_file(tensors, weights)
-    with pytest.raises(ValueError, match=r"missing \['model.norm.weight'\].*\['extra.weight'\]"):
-        load_pretrained(tmp_path, device="cpu")
-
-
 def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, tokenizer):
     n = tokenizer.vocab_size
     small = make_model(ModelConfig(**{**CFG.__dict__, "vocab_size": n - 1}))
@@ -184,30 +128,3 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, tokenizer):
     path.write_text(json.dumps({**json.loads(path.read_text()), "vocab_size": n - 1}))
     with pytest.raises(ValueError, match=f"{n} tokens.*vocab_size is {n - 1}"):
         load_pretrained(tmp_path / "m", device="cpu")
-
-
-# ----------------------------------------------------------- Hugging Face transformers
-
-
-@pytest.mark.parametrize("config", [CFG, UNTIED], ids=["tied", "untied"])
-def test_transformers_loads_what_we_save(tmp_path, tokenizer, config):
-    import transformers  # a test dependency (requirements.txt): a missing install fails
-    model = make_model(config)
-    save_pretrained(model, tokenizer, tmp_path)
-    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    assert (logits(hf) - logits(model)).abs().max() < 1e-4
-
-
-def test_we_load_what_transformers_saves(tmp_path, tokenizer):
-    import transformers  # a test dependency (requirements.txt): a missing install fails
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
-        rms_norm_eps=1e-6, rope_theta=2000.0, tie_word_embeddings=True,
-    )).eval()
-    hf.save_pretrained(tmp_path)
-    tokenizer.save(tmp_path / TOKENIZER_FILE)
-    ours, _ = load_pretrained(tmp_path, device="cpu")
-    assert (ours.config.kv_heads, ours.config.rope_theta, ours.config.rms_norm_eps) == (
-        1, 2000.0, 1e-6)
-    assert (logits(hf) - logits(ours)).abs().max() < 1e-4

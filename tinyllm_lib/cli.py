@@ -38,7 +38,8 @@ from .config import (
 )
 from .data import load_conversations, load_task_names, tokenize_conversations
 from .evaluate import EvalReport, compare_reports, evaluate
-from .lora import apply_lora, load_adapter, save_adapter, trainable_report
+from .formats.peft_adapter import load_adapter, save_adapter
+from .lora import apply_lora, trainable_report
 from .model import TinyLLM
 from .sampling import SamplingConfig, print_piece, reply
 from .tokenizer import Tokenizer
