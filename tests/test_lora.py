@@ -4,12 +4,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from tinyllm_lib.config import PRESETS, LoRAConfig, ModelConfig
 from tinyllm_lib.lora import (
     LoRALinear,
     apply_lora,
     count_parameters,
+    dense_weight,
     disable_adapters,
     lora_layers,
     merge_lora,
@@ -190,3 +193,45 @@ def test_dropout_acts_only_on_the_lora_branch_in_train_mode():
         evaluated = layer(x)
     assert not torch.equal(train_a, train_b)
     assert (evaluated.double() - reference_linear(layer, x, layer.scale)).abs().max() < 1e-5
+
+
+class Int8Linear(nn.Module):
+    """A base layer that is not an ``nn.Linear``: int8 codes and one scale per output row
+    (as a quantized layer keeps its weight), with the ``BaseLinear`` protocol."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        scale = weight.abs().amax(dim=1, keepdim=True) / 127
+        self.register_buffer("codes", torch.round(weight / scale).to(torch.int8))
+        self.register_buffer("row_scale", scale)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.codes.float() * self.row_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dense_weight())
+
+
+def test_lora_adapts_any_base_linear_through_its_dense_weight():
+    model = make_model()
+    for block in model.model.layers:
+        block.self_attn.q_proj = Int8Linear(block.self_attn.q_proj)
+    apply_lora(model, LoRAConfig(rank=4, alpha=8))  # q_proj and v_proj: both kinds of base
+    layers = dict(lora_layers(model))
+    assert isinstance(layers["model.layers.0.self_attn.q_proj"].base_layer, Int8Linear)
+    randomize_b(model)
+    x = torch.randn(2, 5, CFG.hidden_size)
+    for path, layer in layers.items():
+        weight = dense_weight(layer.base_layer)
+        expected = x @ (weight + layer.delta_weight()).T
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        merged = merged_state_dict(model)[f"{path}.weight"]
+        torch.testing.assert_close(merged, weight + layer.delta_weight())
+    with disable_adapters(model):
+        layer = layers["model.layers.0.self_attn.q_proj"]
+        torch.testing.assert_close(layer(x), layer.base_layer(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"q_proj's base is a Int8Linear, not an nn.Linear"):
+        merge_lora(model)
+    assert not any(layer.merged for layer in layers.values())  # refused before any change

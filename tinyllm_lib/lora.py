@@ -18,6 +18,7 @@ import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -28,8 +29,41 @@ ALL_LINEAR = "all-linear"
 OUTPUT_LAYER = "lm_head"
 
 
+class BaseLinear(Protocol):
+    """What LoRA needs of the layer it adapts: its sizes, its output, and its weight.
+
+    ``nn.Linear`` is one. A layer that keeps its weight in another form, such as QLoRA's
+    4-bit codes, is one too when it has ``in_features``, ``out_features`` and a
+    ``dense_weight()`` that returns the ``[out, in]`` weight it computes with. LoRA only
+    reads that weight (to size and place its matrices, and to export a merged model);
+    folding the update into the stored weight (``merge_lora``) needs an ``nn.Linear``.
+    """
+
+    in_features: int
+    out_features: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def is_base_linear(module: nn.Module) -> bool:
+    """Whether LoRA can adapt ``module``: an ``nn.Linear`` or a ``BaseLinear`` with
+    ``dense_weight()``."""
+    return isinstance(module, nn.Linear) or all(
+        hasattr(module, name) for name in ("in_features", "out_features", "dense_weight")
+    )
+
+
+def dense_weight(layer: BaseLinear) -> torch.Tensor:
+    """The ``[out, in]`` weight ``layer`` computes with, as an ordinary (detached) tensor."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight.detach()
+    return layer.dense_weight().detach()
+
+
 class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update: ``base(x) + scale*B(A(drop(x)))``.
+    """A frozen linear layer plus a trainable low-rank update: ``base(x) + scale*B(A(drop(x)))``.
+
+    The base is an ``nn.Linear`` or any other ``BaseLinear`` (a 4-bit one, for QLoRA).
 
     * ``B`` starts at zero, so at step 0 the adapted model computes exactly what the base
       model does: training starts from the pretrained behaviour, not from a random
@@ -43,12 +77,13 @@ class LoRALinear(nn.Module):
     * Dropout acts only on the LoRA branch's input; the frozen path sees clean inputs.
     """
 
-    def __init__(self, base_layer: nn.Linear, config: LoRAConfig) -> None:
+    def __init__(self, base_layer: BaseLinear, config: LoRAConfig) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.config = config
         self.scale = config.scale
-        factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+        weight = dense_weight(base_layer)  # A and B take the dtype and device it computes in
+        factory = {"device": weight.device, "dtype": weight.dtype}
         self.lora_A = nn.Linear(base_layer.in_features, config.rank, bias=False, **factory)
         self.lora_B = nn.Linear(config.rank, base_layer.out_features, bias=False, **factory)
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -69,7 +104,7 @@ class LoRALinear(nn.Module):
 
     def merged_weight(self) -> torch.Tensor:
         """The weight a plain ``nn.Linear`` needs to compute what this layer computes."""
-        weight = self.base_layer.weight.detach()
+        weight = dense_weight(self.base_layer)
         if self.merged:
             return weight
         return (weight.float() + self.delta_weight().detach()).to(weight.dtype)
@@ -90,7 +125,7 @@ def target_paths(model: nn.Module, config: LoRAConfig) -> list[str]:
     As in PEFT, a name selects every linear whose path is the name or ends in ``.name``:
     ``"q_proj"`` selects every query projection, ``"model.layers.0.self_attn.q_proj"`` one.
     """
-    paths = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    paths = [name for name, m in model.named_modules() if is_base_linear(m)]
     if config.target_modules == ALL_LINEAR:
         return [p for p in paths if _last_name(p) != OUTPUT_LAYER]
     wanted = config.target_modules
@@ -133,7 +168,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
         )
     shared = _shared_parameter_ids(model)
     for path in paths:
-        if id(model.get_submodule(path).weight) in shared:
+        if id(getattr(model.get_submodule(path), "weight", None)) in shared:
             raise ValueError(
                 f"apply_lora: {path}.weight is tied to another parameter (tie_embeddings); "
                 "merging an update into it would change both. Untie it or pick other targets."
@@ -172,8 +207,20 @@ def require_lora(
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold ``scale * B @ A`` into every base weight: inference then costs nothing extra."""
-    for layer in require_lora(model, "merge_lora", merged=False):
+    """Fold ``scale * B @ A`` into every base weight: inference then costs nothing extra.
+
+    Every base must be an ``nn.Linear``: a weight stored as 4-bit codes cannot take the
+    update without being quantized again (export with ``merged_state_dict`` instead).
+    """
+    layers = require_lora(model, "merge_lora", merged=False)
+    for path, layer in lora_layers(model):
+        if not isinstance(layer.base_layer, nn.Linear):
+            raise ValueError(
+                f"merge_lora: {path}'s base is a {type(layer.base_layer).__name__}, not an "
+                "nn.Linear; its weight cannot take the update in place (merged_state_dict "
+                "exports the merged weights instead)"
+            )
+    for layer in layers:
         layer.base_layer.weight.copy_(layer.merged_weight())
         layer.merged = True
     return model
