@@ -6,7 +6,7 @@
 two-digit numbers (2%) or sort numbers (0%) in its own pretraining phrasing: its corpus had
 a few thousand such lines among everything else. The saved results are from that base.
 This experiment continues pretraining the base on the same kinds of lines, many more of
-them (``world.py``'s arithmetic and sorting phrasing), mixed with original corpus
+them (``world/corpus.py``'s arithmetic and sorting phrasing), mixed with original corpus
 documents so the rest is not forgotten, and probes the two skills again with fresh
 numbers. It changes nothing shipped: the model is thrown away, the numbers go
 to ``experiments/results/dense_skills.json``, one entry per ``--steps``. It tells the

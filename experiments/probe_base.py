@@ -5,7 +5,7 @@
 
 Instruction tuning teaches a format; it can only draw out a skill the base already has.
 This script asks the base for each instruction task's skill in the pretraining corpus's
-own phrasing (``world.py``'s general documents), e.g. ``"65 + 35 ="`` for arithmetic, or
+own phrasing (``world/corpus.py``'s general documents), e.g. ``"65 + 35 ="`` for arithmetic, or
 in a worksheet's (a question in the task's words, the answer on the next line), and scores
 the greedy continuation by exact match. A prompt stops before the space that starts the
 answer, because byte-level BPE joins a space to the word after it (" 100"). A family whose
