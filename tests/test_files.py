@@ -28,6 +28,20 @@ def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["a.json"]
 
 
+def test_write_atomic_gives_the_permissions_open_gives(tmp_path):
+    """Not mkstemp's 0o600: a model or dataset written here is readable as any file is."""
+    previous = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "atomic", b"x")
+        (tmp_path / "plain").write_bytes(b"x")
+        write_directory(tmp_path / "folder", {"f": b"x"})
+    finally:
+        os.umask(previous)
+    modes = {name: os.stat(tmp_path / name).st_mode & 0o777
+             for name in ("atomic", "plain", "folder/f")}
+    assert modes == {"atomic": 0o644, "plain": 0o644, "folder/f": 0o644}
+
+
 def test_a_crash_in_write_atomic_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "a.txt"
     write_atomic(path, b"old")

@@ -54,6 +54,13 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(file.fileno())
 
 
+def _new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file: ``0o666`` less the process's umask."""
+    umask = os.umask(0)  # the only way to read it is to set it, so set it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
 
@@ -65,6 +72,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp's 0o600 would hide the file from others
         _write_synced(Path(tmp), data)
         os.replace(tmp, path)
     except BaseException:

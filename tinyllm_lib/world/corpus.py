@@ -412,10 +412,10 @@ def _lists_doc(rng: random.Random) -> list[str]:
 # worksheets (``_worksheet``) and half of the sorted lists too. Reversing or upper-casing
 # a word is a fact about that word, learnt from enough sightings. The sixth (v6) moved 4
 # points of share from arithmetic to sorting: its plain sums fell from 87% to 38%, its
-# worksheets from 98% to 88%, and the sorting probes moved little (README.md). A seventh
-# (experiments/results/v7/) gave arithmetic its 34% back (2 points each from spelling and
-# sorting): sums recovered, facts fell, and the fine-tuned mean with them, so these shares
-# stay v6's.
+# worksheets from 98% to 88%, and the sorting probes moved little (experiments/README.md).
+# A seventh (experiments/results/v7/) gave arithmetic its 34% back (2 points each from
+# spelling and sorting): sums recovered, facts fell, and the fine-tuned mean with them, so
+# these shares stay v6's.
 _GENERAL_KINDS: tuple[tuple[str, float, Callable[[random.Random], list[str]]], ...] = (
     ("arithmetic", 0.30, _arithmetic_doc),
     ("spelling", 0.26, _spelling_doc),
