@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
-from tinyllm_lib.model import IGNORE_INDEX
-from tinyllm_lib.tokenizer import IM_END, IM_START, Tokenizer
+from .model import IGNORE_INDEX
+from .tokenizer import IM_END, IM_START, Tokenizer
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_SYSTEM = "You are a helpful assistant."

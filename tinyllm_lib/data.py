@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import torch
 
-from tinyllm_lib.chat import EncodedChat, Message, check_messages, encode_chat, split_turns
-from tinyllm_lib.files import jsonl_bytes, read_json, read_jsonl, write_atomic
-from tinyllm_lib.model import IGNORE_INDEX
-from tinyllm_lib.tokenizer import Tokenizer
+from .chat import EncodedChat, Message, check_messages, encode_chat, split_turns
+from .files import jsonl_bytes, read_json, read_jsonl, write_atomic
+from .model import IGNORE_INDEX
+from .tokenizer import Tokenizer
 
 SHAREGPT_ROLES = {
     "human": "user",

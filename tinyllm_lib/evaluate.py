@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from tinyllm_lib.chat import Message
-from tinyllm_lib.data import TrainingExample, collate, tokenize_conversations
-from tinyllm_lib.model import lm_loss_sum
-from tinyllm_lib.sampling import SamplingConfig, reply
-from tinyllm_lib.tokenizer import Tokenizer
+from .chat import Message
+from .data import TrainingExample, collate, tokenize_conversations
+from .model import lm_loss_sum
+from .sampling import SamplingConfig, reply
+from .tokenizer import Tokenizer
 
 
 def mean_nll(

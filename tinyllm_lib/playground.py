@@ -31,10 +31,10 @@ import ipywidgets as widgets
 import torch
 from torch import nn
 
-from tinyllm_lib.chat import DEFAULT_SYSTEM, EncodedChat, Message, format_chatml
-from tinyllm_lib.model import IGNORE_INDEX
-from tinyllm_lib.sampling import SamplingConfig, generate, process_logits, reply
-from tinyllm_lib.tokenizer import Tokenizer
+from .chat import DEFAULT_SYSTEM, EncodedChat, Message, format_chatml
+from .model import IGNORE_INDEX
+from .sampling import SamplingConfig, generate, process_logits, reply
+from .tokenizer import Tokenizer
 
 DEFAULT_PROMPT = format_chatml(
     [Message(role="user", content="What is 12 + 7?")], add_generation_prompt=True

@@ -38,10 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from tinyllm_lib.chat import Message, encode_chat
-from tinyllm_lib.config import check, setting
-from tinyllm_lib.model import KVCache
-from tinyllm_lib.tokenizer import Tokenizer
+from .chat import Message, encode_chat
+from .config import check, setting
+from .model import KVCache
+from .tokenizer import Tokenizer
 
 # --------------------------------------------------------------------------- processors
 

@@ -45,11 +45,11 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from tqdm.auto import tqdm
 
-from tinyllm_lib.config import TrainConfig, config_to_dict
-from tinyllm_lib.data import Batch, TrainingExample, collate, epoch_order, micro_batches
-from tinyllm_lib.evaluate import mean_nll
-from tinyllm_lib.files import json_bytes, read_json_object, recover_directory, write_directory
-from tinyllm_lib.model import IGNORE_INDEX, default_device, label_token_count, next_token_nll
+from .config import TrainConfig, config_to_dict
+from .data import Batch, TrainingExample, collate, epoch_order, micro_batches
+from .evaluate import mean_nll
+from .files import json_bytes, read_json_object, recover_directory, write_directory
+from .model import IGNORE_INDEX, default_device, label_token_count, next_token_nll
 
 CHECKPOINT_DIR = "checkpoint"
 """Name of the checkpoint folder inside ``out_dir``."""
