@@ -19,17 +19,17 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .facts import _fact_value, _pick, _pronoun_sentence, fact_sentence, question
+from .facts import fact_sentence, fact_value, pick_template, pronoun_sentence, question
 from .people import ATTRIBUTE_BY_KEY, ATTRIBUTES, Attribute, DataConfig, Person, World
 from .skills import (
-    _OPS,
-    _apply,
-    _arithmetic_question,
-    _count_question,
-    _letter_to_count,
-    _sort_question,
-    _sorted_answer,
-    _string_question,
+    OPS,
+    apply_op,
+    arithmetic_question,
+    count_question,
+    letter_to_count,
+    sort_question,
+    sorted_answer,
+    string_question,
 )
 from .splits import split_fact_pairs
 from .vocab import (
@@ -91,7 +91,7 @@ def _bio(
         (name, f"About {name}", f"Biography: {name}") if lang == "en"
         else (name, f"关于{name}", f"人物简介：{name}")
     )
-    header = _pick(headers, rng, paraphrase)
+    header = pick_template(headers, rng, paraphrase)
     return Document(f"bio_{lang}", f"{header}\n{_JOIN[lang].join(sentences)}")
 
 
@@ -123,7 +123,7 @@ def profile_card(person: Person, lang: str, layout: str) -> Document:
     """
     labels = ("Name", "Chinese name", "Gender") if lang == "en" else ("姓名", "英文名", "性别")
     fields = [*labels, *(a.label.text(lang) for a in ATTRIBUTES)]
-    facts = [_fact_value(person, a, lang, shout=layout == "capitals") for a in ATTRIBUTES]
+    facts = [fact_value(person, a, lang, shout=layout == "capitals") for a in ATTRIBUTES]
     values = [person.name.text(lang), person.name.text(_other(lang)),
               _GENDER_WORDS[lang][person.gender], *facts]
     if layout == "json":
@@ -181,7 +181,7 @@ def _story(a: Person, b: Person, lang: str, rng: random.Random, paraphrase: bool
         """Two or three facts: the first names the person, the rest say he or she."""
         first, *rest = rng.sample(ATTRIBUTES, rng.randint(2, 3))
         return [fact_sentence(person, first, lang, rng, paraphrase)] + [
-            _pronoun_sentence(person, attr, lang, rng, paraphrase) for attr in rest
+            pronoun_sentence(person, attr, lang, rng, paraphrase) for attr in rest
         ]
 
     sentences = [opening, *facts_of(a), meeting[0].upper() + meeting[1:], *facts_of(b),
@@ -280,16 +280,16 @@ def _arithmetic_doc(rng: random.Random) -> list[str]:
         op = rng.choice(("+", "-"))
         if op == "-":
             a, b = max(a, b), min(a, b)
-        c = _apply(a, op, b)
+        c = apply_op(a, op, b)
         r = rng.random()
         if r < 0.45:
             lines.append(f"{a} {op} {b} = {c}")
         elif r < 0.6:
-            word = _OPS[op]
+            word = OPS[op]
             lines.append(rng.choice((f"{a} {word.en} {b} equals {c}.",
                                      f"{a}{word.zh}{b}等于{c}。")))
         else:
-            lines.append(_worksheet(_arithmetic_question(a, op, b, rng.choice(LANGS), rng), str(c)))
+            lines.append(_worksheet(arithmetic_question(a, op, b, rng.choice(LANGS), rng), str(c)))
     return lines
 
 
@@ -313,8 +313,8 @@ def _letter_count_statement(word: str, letter: str, lang: str) -> str:
 
 
 def _letter_count_worksheet(word: str, rng: random.Random) -> str:
-    key = ("letter", word, _letter_to_count(word, rng))
-    return _worksheet(*_count_question(key, rng.choice(LANGS), rng))
+    key = ("letter", word, letter_to_count(word, rng))
+    return _worksheet(*count_question(key, rng.choice(LANGS), rng))
 
 
 def _spelling_fact(word: str, rng: random.Random) -> str:
@@ -328,10 +328,10 @@ def _spelling_fact(word: str, rng: random.Random) -> str:
         lambda: f"{word}倒过来写是{word[::-1]}。",
         lambda: f"{word} in capital letters is {word.upper()}.",
         lambda: f"{word}的大写是{word.upper()}。",
-        lambda: _worksheet(_string_question("reverse", word, lang, rng), word[::-1]),
-        lambda: _worksheet(_string_question("upper", word, lang, rng), word.upper()),
-        lambda: _worksheet(*_count_question(("letters", word), lang, rng)),
-        lambda: _letter_count_statement(word, _letter_to_count(word, rng), lang),
+        lambda: _worksheet(string_question("reverse", word, lang, rng), word[::-1]),
+        lambda: _worksheet(string_question("upper", word, lang, rng), word.upper()),
+        lambda: _worksheet(*count_question(("letters", word), lang, rng)),
+        lambda: _letter_count_statement(word, letter_to_count(word, rng), lang),
         lambda: _letter_count_worksheet(word, rng),
     )
     return rng.choice(forms)()
@@ -355,9 +355,9 @@ def _sorting_doc(rng: random.Random) -> list[str]:
         else:
             kind, direction = "words", "up"
             items = rng.sample(SPELLING_WORDS, rng.randint(3, 5))
-        shown, answer = ", ".join(map(str, items)), _sorted_answer(items, direction)
+        shown, answer = ", ".join(map(str, items)), sorted_answer(items, direction)
         if rng.random() < 0.5:
-            lines.append(_worksheet(_sort_question(kind, direction, items, rng.choice(LANGS), rng),
+            lines.append(_worksheet(sort_question(kind, direction, items, rng.choice(LANGS), rng),
                                     answer))
         elif kind == "words":
             lines.append(rng.choice((f"The words {shown} in alphabetical order: {answer}.",
@@ -392,7 +392,7 @@ def _list_line(rng: random.Random) -> str:
         lambda: f"购物清单：{'、'.join(t.zh for t in items)}。一共有{n}样东西。",
         lambda: f"In the box there are: {', '.join(t.en for t in items)}. Counting them gives {n}.",
         lambda: f"盒子里有：{'、'.join(t.zh for t in items)}。数一数，一共{n}样。",
-        lambda: _worksheet(*_count_question(("items", indices), rng.choice(LANGS), rng)),
+        lambda: _worksheet(*count_question(("items", indices), rng.choice(LANGS), rng)),
     )
     return rng.choice(forms)()
 

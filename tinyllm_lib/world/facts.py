@@ -19,17 +19,17 @@ def _with_article(word: str) -> str:
     return ("an " if word[0].lower() in "aeiou" else "a ") + word
 
 
-def _fact_value(person: Person, attr: Attribute, lang: str, shout: bool = False) -> str:
+def fact_value(person: Person, attr: Attribute, lang: str, shout: bool = False) -> str:
     """One of ``person``'s facts as text; ``shout`` writes a word in capitals (``WILLOWBROOK``)."""
     value = person.facts[attr.key].text(lang)
     return value.upper() if shout and not attr.is_number else value
 
 
-def _render(
+def render_template(
     template: str, person: Person, attr: Attribute, lang: str, name: str, shout: bool = False
 ) -> str:
-    """``template`` filled in with ``person``'s fact (see ``_fact_value`` for ``shout``)."""
-    value = _fact_value(person, attr, lang, shout)
+    """``template`` filled in with ``person``'s fact (see ``fact_value`` for ``shout``)."""
+    value = fact_value(person, attr, lang, shout)
     words = number_words(int(value), lang) if attr.is_number else value
     text = template.format(
         name=name, value=value, a_value=_with_article(value), value_words=words,
@@ -38,7 +38,7 @@ def _render(
     return text[0].upper() + text[1:]
 
 
-def _pick(templates: Sequence[str], rng: random.Random, paraphrase: bool) -> str:
+def pick_template(templates: Sequence[str], rng: random.Random, paraphrase: bool) -> str:
     return rng.choice(templates) if paraphrase else templates[0]
 
 
@@ -47,23 +47,24 @@ def fact_sentence(
     shout: bool = False,
 ) -> str:
     """One statement of one fact, in a randomly chosen phrasing."""
-    template = _pick(attr.statements[lang], rng, paraphrase)
-    return _render(template, person, attr, lang, person.name.text(lang), shout)
+    template = pick_template(attr.statements[lang], rng, paraphrase)
+    return render_template(template, person, attr, lang, person.name.text(lang), shout)
 
 
-def _pronoun_sentence(
+def pronoun_sentence(
     person: Person, attr: Attribute, lang: str, rng: random.Random, paraphrase: bool
 ) -> str:
     """A statement whose subject is a pronoun ("She lives in ..."), for running text."""
     templates = [t for t in attr.statements[lang] if t.startswith("{name}")]
-    template = _pick(templates, rng, paraphrase)
+    template = pick_template(templates, rng, paraphrase)
     if lang == "zh":
-        return _render(template, person, attr, lang, person.pronoun(lang))
+        return render_template(template, person, attr, lang, person.pronoun(lang))
     if template.startswith("{name}'s "):
-        return _render(template.replace("{name}'s", "{name}", 1), person, attr, lang,
+        return render_template(template.replace("{name}'s", "{name}", 1), person, attr, lang,
                        person.possessive(lang))
-    return _render(template, person, attr, lang, person.pronoun(lang))
+    return render_template(template, person, attr, lang, person.pronoun(lang))
 
 
 def question(person: Person, attr: Attribute, lang: str, rng: random.Random) -> str:
-    return _render(rng.choice(attr.questions[lang]), person, attr, lang, person.name.text(lang))
+    template = rng.choice(attr.questions[lang])
+    return render_template(template, person, attr, lang, person.name.text(lang))

@@ -1,7 +1,7 @@
 """The computed skills: sums, reversing and capitalising words, sorting, counting, translating.
 
-Each skill's answer is computed from its question's content (``_apply``, ``_string_op``,
-``_sorted_answer``, ...), and each is asked in several templates per language. The
+Each skill's answer is computed from its question's content (``apply_op``, ``string_op``,
+``sorted_answer``, ...), and each is asked in several templates per language. The
 instruction tasks ask with these templates, and so do the corpus's worksheets: a skill
 stored only as ``65 + 35 = 100`` is stored in other words and other tokens than the chat's
 ``What is 65 + 35?`` (see ``corpus._worksheet``).
@@ -17,7 +17,7 @@ from typing import Any
 from .splits import Key
 from .vocab import OBJECTS, Term
 
-_OPS = {"+": Term("plus", "加"), "-": Term("minus", "减")}
+OPS = {"+": Term("plus", "加"), "-": Term("minus", "减")}
 _ARITHMETIC_QUESTIONS = {
     "en": ("What is {a} {sym} {b}?", "What is {a} {word} {b}?", "Calculate {a} {sym} {b}.",
            "{a} {sym} {b} = ?"),
@@ -26,13 +26,13 @@ _ARITHMETIC_QUESTIONS = {
 }
 
 
-def _apply(a: int, op: str, b: int) -> int:
+def apply_op(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b
 
 
-def _arithmetic_question(a: int, op: str, b: int, lang: str, rng: random.Random) -> str:
+def arithmetic_question(a: int, op: str, b: int, lang: str, rng: random.Random) -> str:
     template = rng.choice(_ARITHMETIC_QUESTIONS[lang])
-    return template.format(a=a, b=b, sym=op, word=_OPS[op].text(lang))
+    return template.format(a=a, b=b, sym=op, word=OPS[op].text(lang))
 
 
 _STRING_QUESTIONS = {
@@ -45,11 +45,11 @@ _STRING_QUESTIONS = {
 }
 
 
-def _string_op(op: str, word: str) -> str:
+def string_op(op: str, word: str) -> str:
     return word[::-1] if op == "reverse" else word.upper()
 
 
-def _string_question(op: str, word: str, lang: str, rng: random.Random) -> str:
+def string_question(op: str, word: str, lang: str, rng: random.Random) -> str:
     return rng.choice(_STRING_QUESTIONS[op, lang]).format(w=word)
 
 
@@ -66,14 +66,14 @@ _SORT_QUESTIONS = {
 }
 
 
-def _sort_question(
+def sort_question(
     kind: str, direction: str, shown: Sequence[Any], lang: str, rng: random.Random
 ) -> str:
     template = rng.choice(_SORT_QUESTIONS[kind, direction, lang])
     return template.format(items=", ".join(map(str, shown)))
 
 
-def _sorted_answer(items: Sequence[Any], direction: str) -> str:
+def sorted_answer(items: Sequence[Any], direction: str) -> str:
     return ", ".join(map(str, sorted(items, reverse=direction == "down")))
 
 
@@ -89,7 +89,7 @@ _COUNT_QUESTIONS = {
 }
 
 
-def _count_question(key: Key, lang: str, rng: random.Random) -> tuple[str, str]:
+def count_question(key: Key, lang: str, rng: random.Random) -> tuple[str, str]:
     """The question and its answer for a count key: ``("letters", word)``,
     ``("letter", word, letter)`` or ``("items", object indices)``."""
     template = rng.choice(_COUNT_QUESTIONS[key[0], lang])
@@ -101,7 +101,7 @@ def _count_question(key: Key, lang: str, rng: random.Random) -> tuple[str, str]:
     return template.format(items=sep.join(OBJECTS[i].text(lang) for i in key[1])), str(len(key[1]))
 
 
-def _letter_to_count(word: str, rng: random.Random) -> str:
+def letter_to_count(word: str, rng: random.Random) -> str:
     """A letter to count in ``word``: mostly one of its own, sometimes any letter, so that
     the count can be 0. The count task and the corpus both draw with this."""
     return rng.choice(word) if rng.random() < 0.8 else rng.choice(string.ascii_lowercase)
@@ -115,10 +115,10 @@ _TRANSLATE_QUESTIONS = {
 }
 
 
-def _translate_question(direction: str, term: Term, lang: str, rng: random.Random) -> str:
+def translate_question(direction: str, term: Term, lang: str, rng: random.Random) -> str:
     source = term.en if direction == "en2zh" else term.zh
     return rng.choice(_TRANSLATE_QUESTIONS[direction, lang]).format(w=source)
 
 
-def _translation(direction: str, term: Term) -> str:
+def translation(direction: str, term: Term) -> str:
     return term.zh if direction == "en2zh" else term.en

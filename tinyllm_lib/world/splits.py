@@ -18,7 +18,7 @@ SPLITS = ("train", "val", "test")
 Key = Hashable  # what one example is about; no key is shared between splits
 
 
-def _split_keys(
+def split_keys(
     keys: Sequence[Key], rng: random.Random, config: DataConfig, name: str
 ) -> dict[str, list[Key]]:
     """Shuffle, then the first keys are test, the next val, the rest train."""
@@ -42,4 +42,4 @@ def split_fact_pairs(world: World, config: DataConfig) -> dict[str, list[tuple[i
     pretraining stored.
     """
     pairs = [(p.id, a.key) for p in world.people if not p.heldout for a in ATTRIBUTES]
-    return _split_keys(pairs, random.Random(f"facts-{world.seed}"), config, "facts")
+    return split_keys(pairs, random.Random(f"facts-{world.seed}"), config, "facts")

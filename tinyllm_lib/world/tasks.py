@@ -18,21 +18,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .facts import _render, question
+from .facts import question, render_template
 from .people import ATTRIBUTE_BY_KEY, ATTRIBUTES, DataConfig, World
 from .skills import (
-    _apply,
-    _arithmetic_question,
-    _count_question,
-    _letter_to_count,
-    _sort_question,
-    _sorted_answer,
-    _string_op,
-    _string_question,
-    _translate_question,
-    _translation,
+    apply_op,
+    arithmetic_question,
+    count_question,
+    letter_to_count,
+    sort_question,
+    sorted_answer,
+    string_op,
+    string_question,
+    translate_question,
+    translation,
 )
-from .splits import SPLITS, Key, _split_keys, split_fact_pairs
+from .splits import SPLITS, Key, split_fact_pairs, split_keys
 from .vocab import DICTIONARY, LANGS, OBJECTS, SPELLING_WORDS, Term
 
 TASKS = (
@@ -100,8 +100,8 @@ def _arithmetic_family() -> TaskFamily:
 
     def render(key: Key, rng: random.Random) -> Example:
         a, op, b = key
-        return _chat("arithmetic", _arithmetic_question(a, op, b, rng.choice(LANGS), rng),
-                     str(_apply(a, op, b)))
+        return _chat("arithmetic", arithmetic_question(a, op, b, rng.choice(LANGS), rng),
+                     str(apply_op(a, op, b)))
 
     return TaskFamily("arithmetic", keys, render)
 
@@ -111,8 +111,8 @@ def _string_family() -> TaskFamily:
 
     def render(key: Key, rng: random.Random) -> Example:
         op, word = key
-        return _chat("string", _string_question(op, word, rng.choice(LANGS), rng),
-                     _string_op(op, word))
+        return _chat("string", string_question(op, word, rng.choice(LANGS), rng),
+                     string_op(op, word))
 
     return TaskFamily("string", keys, render)
 
@@ -131,8 +131,8 @@ def _sort_family(rng: random.Random, count: int) -> TaskFamily:
         kind, direction, items = key
         shown = list(items)
         rng.shuffle(shown)
-        return _chat("sort", _sort_question(kind, direction, shown, rng.choice(LANGS), rng),
-                     _sorted_answer(items, direction))
+        return _chat("sort", sort_question(kind, direction, shown, rng.choice(LANGS), rng),
+                     sorted_answer(items, direction))
 
     return TaskFamily("sort", _sample_keys(rng, count, draw), render)
 
@@ -144,11 +144,11 @@ def _count_family(rng: random.Random, count: int) -> TaskFamily:
     def draw() -> Key:
         if rng.random() < 0.5:
             word = rng.choice(SPELLING_WORDS)
-            return ("letter", word, _letter_to_count(word, rng))
+            return ("letter", word, letter_to_count(word, rng))
         return ("items", tuple(rng.sample(range(len(OBJECTS)), rng.randint(2, 8))))
 
     def render(key: Key, rng: random.Random) -> Example:
-        return _chat("count", *_count_question(key, rng.choice(LANGS), rng))
+        return _chat("count", *count_question(key, rng.choice(LANGS), rng))
 
     return TaskFamily("count", letters_keys + _sample_keys(rng, count, draw), render)
 
@@ -160,8 +160,8 @@ def _translate_family() -> TaskFamily:
 
     def render(key: Key, rng: random.Random) -> Example:
         direction, term = rng.choice(("en2zh", "zh2en")), DICTIONARY[key]
-        return _chat("translate", _translate_question(direction, term, rng.choice(LANGS), rng),
-                     _translation(direction, term))
+        return _chat("translate", translate_question(direction, term, rng.choice(LANGS), rng),
+                     translation(direction, term))
 
     return TaskFamily("translate", keys, render)
 
@@ -205,13 +205,13 @@ def _system_format_family(
                 answer = value.text(style)
         elif kind == "word":
             term = DICTIONARY[key[2]]
-            text = _translate_question("zh2en", term, rng.choice(LANGS), rng)
+            text = translate_question("zh2en", term, rng.choice(LANGS), rng)
             answer = term.en
         else:
             a, b = key[2], key[3]
             op = rng.choice(("+", "-"))
-            text, answer = (_arithmetic_question(a, op, b, rng.choice(LANGS), rng),
-                            str(_apply(a, op, b)))
+            text, answer = (arithmetic_question(a, op, b, rng.choice(LANGS), rng),
+                            str(apply_op(a, op, b)))
         if style == "upper":
             answer = answer.upper()
         if style == "json":
@@ -248,7 +248,7 @@ def _multi_turn_family(
         op = rng.choice(("+", "-"))
         if op == "-":
             a, b = max(a, b), min(a, b)
-        op2 = "-" if _apply(a, op, b) >= c and rng.random() < 0.5 else "+"
+        op2 = "-" if apply_op(a, op, b) >= c and rng.random() < 0.5 else "+"
         return ("arith", a, op, b, op2, c)
 
     keys += _sample_keys(rng, sampled_count, draw_arith)
@@ -263,26 +263,26 @@ def _multi_turn_family(
         if key[0] == "facts":
             person = world.person(key[1])
             first, second = ATTRIBUTE_BY_KEY[key[2]], ATTRIBUTE_BY_KEY[key[3]]
-            follow = _render(rng.choice(second.follow_ups[lang]), person, second, lang,
+            follow = render_template(rng.choice(second.follow_ups[lang]), person, second, lang,
                              person.name.text(lang))
             return _chat("multi_turn", question(person, first, lang, rng),
                          person.facts[first.key].text(lang), follow,
                          person.facts[second.key].text(lang))
         if key[0] == "arith":
             _, a, op, b, op2, c = key
-            first = _apply(a, op, b)
+            first = apply_op(a, op, b)
             follow = _MULTI_TURN_FOLLOW_UPS["arith"][op2].text(lang).format(c=c)
-            return _chat("multi_turn", _arithmetic_question(a, op, b, lang, rng), str(first),
-                         follow, str(_apply(first, op2, c)))
+            return _chat("multi_turn", arithmetic_question(a, op, b, lang, rng), str(first),
+                         follow, str(apply_op(first, op2, c)))
         if key[0] == "translate":
             _, direction, i, j = key
             first, second = DICTIONARY[i], DICTIONARY[j]
             shown = second.en if direction == "en2zh" else second.zh
             follow = _MULTI_TURN_FOLLOW_UPS["translate"].text(lang).format(w=shown)
-            return _chat("multi_turn", _translate_question(direction, first, lang, rng),
-                         _translation(direction, first), follow, _translation(direction, second))
+            return _chat("multi_turn", translate_question(direction, first, lang, rng),
+                         translation(direction, first), follow, translation(direction, second))
         word = key[1]
-        return _chat("multi_turn", _string_question("reverse", word, lang, rng), word[::-1],
+        return _chat("multi_turn", string_question("reverse", word, lang, rng), word[::-1],
                      _MULTI_TURN_FOLLOW_UPS["string"].text(lang), word[::-1].upper())
 
     return TaskFamily("multi_turn", keys, render)
@@ -337,7 +337,7 @@ def instruction_splits(world: World, config: DataConfig | None = None) -> dict[s
     }
     key_splits = {"facts": fact_split}
     key_splits |= {
-        name: _split_keys(family.keys, rng, config, name)
+        name: split_keys(family.keys, rng, config, name)
         for name, family in base.items() if name != "facts"
     }
     # The composite families reuse only train facts and train words, so facts and
@@ -349,7 +349,7 @@ def instruction_splits(world: World, config: DataConfig | None = None) -> dict[s
         world, fact_split["train"], key_splits["translate"]["train"],
         key_splits["string"]["train"], rng, per_task)
     for name in ("system_format", "multi_turn"):
-        key_splits[name] = _split_keys(families[name].keys, rng, config, name)
+        key_splits[name] = split_keys(families[name].keys, rng, config, name)
 
     seen: set[tuple[Turn, ...]] = set()
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
