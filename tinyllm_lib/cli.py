@@ -126,7 +126,7 @@ def add_config_flags(
     ``batch_size`` becomes ``--batch-size`` (``--lora-rank`` with ``prefix="lora-"``), its
     type comes from the field's annotation, its default from ``defaults`` and its help
     from the field's ``setting`` text, so the flags can never drift from the config.
-    After parsing, ``main`` builds the config as ``args.<dest>`` (``config_from_flags``),
+    After parsing, ``parse`` builds the config as ``args.<dest>`` (``config_from_flags``),
     and a value the config refuses becomes an error naming the flag.
     """
     hints = typing.get_type_hints(type(defaults))

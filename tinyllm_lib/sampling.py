@@ -170,7 +170,7 @@ class SamplingConfig:
     temperature: float = setting(0.8, "0 = greedy")
     top_k: int | None = setting(50, "keep the k most likely tokens; 0 = off")
     top_p: float = setting(0.95, "keep the smallest set of tokens this likely; 1 = off")
-    repetition_penalty: float = setting(1.0, "divide the logits of tokens already seen")
+    repetition_penalty: float = setting(1.0, "> 1 makes tokens already seen less likely; 1 = off")
     max_new_tokens: int = setting(128, "the longest reply, in tokens")
     seed: int | None = setting(None, "seeds the draws, for a reproducible reply")
 

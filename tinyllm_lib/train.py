@@ -248,11 +248,12 @@ def accumulate_gradients(
     model: nn.Module, batches: Sequence[Batch], objective: Objective | None = None,
     global_count: Callable[[int], int] = local_count,
 ) -> StepLoss:
-    """Backpropagate the mean loss over *all* label tokens of one optimizer step.
+    """Backpropagate the mean loss over *all* of one optimizer step's micro-batches.
 
-    The label tokens of every micro-batch are counted first; each micro-batch then
-    backpropagates ``loss_sum / total_tokens``. Gradients add up across ``backward`` calls,
-    so the sum is exactly the gradient of one big batch's token mean. Dividing each
+    The objective's count (label tokens, for ``NextTokenNLL``) of every micro-batch is
+    summed first; each micro-batch then backpropagates ``loss_sum / total``. Gradients
+    add up across ``backward`` calls, so the sum is exactly the gradient of one big
+    batch's token mean. Dividing each
     micro-batch by its own token count instead would weigh a token in a short micro-batch
     more than one in a long micro-batch. ``objective`` defaults to ``NextTokenNLL()``;
     ``global_count`` turns this process's count into the step's (``local_count``).
