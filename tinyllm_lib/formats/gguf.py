@@ -324,8 +324,10 @@ def _open_gguf(key: tuple[str, int, int]) -> gguf.GGUFReader:
     return reader
 
 
-def _reader(path: Path) -> gguf.GGUFReader:
-    return _open_gguf(_file_key(path))
+def open_gguf(path: str | Path) -> gguf.GGUFReader:
+    """``gguf.GGUFReader`` on ``path``, with errors that name the file; the last file
+    opened is kept open for the next call (``_open_gguf``)."""
+    return _open_gguf(_file_key(Path(path)))
 
 
 def _plain_metadata(reader: gguf.GGUFReader, path: Path) -> dict[str, Any]:
@@ -522,7 +524,7 @@ def gguf_metadata(
         cached = _read_cache(entry, source, lambda: _read_cached_metadata(entry))
         if cached is not None:
             return cached
-    metadata = _plain_metadata(_reader(path), path)
+    metadata = _plain_metadata(open_gguf(path), path)
     if cache_dir is not None:
         _cache_metadata(entry, source, metadata)
     return metadata
@@ -538,7 +540,7 @@ def read_gguf_config(path: str | Path) -> ModelConfig:
     """The ``ModelConfig`` of the GGUF file ``path``, tying included (``config_from_gguf``
     reads the metadata; the head is tied when the file has no ``output.weight``)."""
     path = Path(path)
-    reader = _reader(path)
+    reader = open_gguf(path)
     return _config_of(reader, _plain_metadata(reader, path), path)
 
 
@@ -557,7 +559,7 @@ def read_gguf_model(path: str | Path, cache_dir: str | Path | None = CACHE_DIR) 
         cached = _read_cache(weights_entry, source, lambda: _read_cached_model(weights_entry))
         if cached is not None:
             return cached
-    reader = _reader(path)
+    reader = open_gguf(path)
     metadata = _plain_metadata(reader, path)
     model = _empty_model(_config_of(reader, metadata, path))
     model = _filled(model, _dequantized_weights(reader, model, path))
