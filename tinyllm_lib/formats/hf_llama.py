@@ -118,15 +118,27 @@ def config_from_llama(data: dict[str, Any], path: Path) -> ModelConfig:
     fields: dict[str, Any] = {}
     for ours, theirs, kind in LLAMA_FIELDS:
         fields[ours] = checked_field(values, theirs, kind, path, minimum=1 if kind is int else None)
-    try:
-        config = ModelConfig(**fields)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    config = config_from_fields(fields, path)
     if data.get("head_dim") not in (None, config.head_dim):
         raise ValueError(
             f"{path}: field 'head_dim' is {data['head_dim']} but hidden_size / "
             f"num_attention_heads = {config.head_dim}"
         )
+    return config
+
+
+def config_from_fields(fields: dict[str, Any], path: str | Path) -> ModelConfig:
+    """``ModelConfig(**fields)`` read from ``path``: its errors name the file.
+
+    Values equal to what ``ModelConfig`` would derive anyway come back as ``None``
+    (``num_kv_heads``, ``intermediate_size``), so a model read from another tool's file
+    has the config it would have after a save/load round trip here (``formats.gguf``
+    reads its fields through this too).
+    """
+    try:
+        config = ModelConfig(**fields)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     if config.num_kv_heads == config.num_heads:
         config.num_kv_heads = None
     if config.intermediate_size == replace(config, intermediate_size=None).mlp_size:
