@@ -107,7 +107,11 @@ class BPEVocabulary:
 
     * ``token_bytes[i]``: the bytes id ``i`` stands for (a special's bytes are its literal text);
     * ``byte_ids[b]``: the id a lone byte ``b`` starts as, before any merge. Ours are the byte
-      values themselves; a GPT-2-style vocabulary puts its 256 one-byte tokens anywhere;
+      values themselves; a GPT-2-style vocabulary puts its one-byte tokens anywhere, and may
+      lack some (``None``): SmolLM2 has none for six control characters and for the bytes
+      that only characters never assigned in Unicode use. Such a byte is dropped before
+      merging, as Hugging Face's BPE drops a character it has no token for, so text holding
+      one does not round-trip;
     * ``merges``: ``(left, right, merged)`` ids, best first: when a chunk holds several
       mergeable pairs, the pair listed first is fused first;
     * ``split_patterns``: the pre-tokenizer, regexes applied one after another, each cutting
@@ -124,7 +128,7 @@ class BPEVocabulary:
     """
 
     token_bytes: tuple[bytes, ...]
-    byte_ids: tuple[int, ...]
+    byte_ids: tuple[int | None, ...]
     merges: tuple[tuple[int, int, int], ...]
     split_patterns: tuple[str, ...]
     pattern_syntax: Literal["re", "regex"]
@@ -209,7 +213,8 @@ class Tokenizer:
         """Build the encoder's tables from ``vocabulary``: ids, merge ranks, splitter, specials."""
         size = len(vocabulary.token_bytes)
         named = [*vocabulary.special_tokens.values(), *vocabulary.added_tokens.values()]
-        used = [*vocabulary.byte_ids, *named, *(i for merge in vocabulary.merges for i in merge)]
+        used = [*named, *(i for merge in vocabulary.merges for i in merge)]
+        used += [i for i in vocabulary.byte_ids if i is not None]
         if len(vocabulary.byte_ids) != NUM_BYTES or not all(0 <= i < size for i in used):
             raise ValueError(
                 f"inconsistent vocabulary: {NUM_BYTES} byte ids are needed and every id must be "
@@ -223,6 +228,7 @@ class Tokenizer:
         )
         self._token_bytes: list[bytes] = list(vocabulary.token_bytes)
         self._byte_ids = None if vocabulary.byte_ids == _BYTE_VALUES else list(vocabulary.byte_ids)
+        self._byte_holes = None in vocabulary.byte_ids
         self._ranks = {(a, b): rank for rank, (a, b) in enumerate(self.merges)}
         self._merged_ids = [merged for _, _, merged in vocabulary.merges]
         self._split = _splitter(vocabulary.split_patterns, vocabulary.pattern_syntax)
@@ -420,7 +426,12 @@ class Tokenizer:
         give the same ids (``formats.hf_tokenizer`` refuses a list where that fails).
         """
         data = chunk.encode("utf-8")
-        ids = list(data) if self._byte_ids is None else [self._byte_ids[b] for b in data]
+        if self._byte_ids is None:
+            ids = list(data)
+        else:
+            ids = [self._byte_ids[b] for b in data]
+            if self._byte_holes:
+                ids = [i for i in ids if i is not None]
         while len(ids) > 1:
             rank = min(map(self._ranks.get, pairwise(ids), repeat(_NOT_A_MERGE)))
             if rank == _NOT_A_MERGE:
