@@ -139,9 +139,9 @@ class _Object:
 
     def __init__(self, value: Any, path: Path | str, where: str = "") -> None:
         self.path, self.where = path, where
-        self.at = f"{path}: {where}" if where else str(path)
         if not isinstance(value, dict):
-            raise ValueError(f"{self.at}: expected a JSON object, got {_kind(value)}")
+            what = f"field '{where}' must be" if where else "expected"
+            raise ValueError(f"{path}: {what} a JSON object, got {_kind(value)}")
         self.value: dict[str, Any] = value
 
     def field(self, key: str) -> str:
@@ -164,7 +164,16 @@ class _Object:
         return value
 
     def flag(self, key: str, default: bool) -> bool:
-        return checked_field(self.value, key, bool, self.at, default=default)
+        return self._checked(key, bool, default)
+
+    def integer(self, key: str, default: Any = _REQUIRED, minimum: int | None = None) -> Any:
+        return self._checked(key, int, default, minimum)
+
+    def _checked(self, key: str, kind: type, default: Any, minimum: int | None = None) -> Any:
+        """``files.checked_field`` (JSON's ``true`` is no int), naming the dotted field."""
+        name = self.field(key)
+        view = {name: self.value[key]} if key in self.value else {}
+        return checked_field(view, name, kind, self.path, default=default, minimum=minimum)
 
     def must_be(self, key: str, default: Any, allowed: Sequence[Any], why: str) -> None:
         """Refuse an option this reader does not implement."""
@@ -329,7 +338,7 @@ def _added_tokens(data: _Object, vocab: Mapping[str, int]) -> tuple[dict[str, in
     added: dict[str, int] = {}
     for k, raw in enumerate(data.items("added_tokens") if "added_tokens" in data.value else []):
         token = _Object(raw, data.path, f"added_tokens[{k}]")
-        token_id = checked_field(token.value, "id", int, token.at, minimum=0)
+        token_id = token.integer("id", minimum=0)
         content = token.string("content")
         for key in ("lstrip", "rstrip", "single_word"):
             if token.flag(key, False):
@@ -514,8 +523,7 @@ def vocabulary_from_gguf(
     merges = _ranked_merges(pairs, vocab, meta.fail, "tokenizer.ggml.merges")
     declared = {}
     for name, key in zip(DECLARED_TOKENS, ("bos", "eos", "unknown", "padding"), strict=True):
-        token_id = checked_field(meta.value, f"tokenizer.ggml.{key}_token_id", int, path,
-                                 default=None, minimum=0)
+        token_id = meta.integer(f"tokenizer.ggml.{key}_token_id", None, minimum=0)
         if token_id is not None and token_id >= len(tokens):
             raise meta.fail(f"tokenizer.ggml.{key}_token_id", f"is {token_id}, past the "
                                                               f"{len(tokens)} tokens")
