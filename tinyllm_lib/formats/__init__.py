@@ -3,10 +3,12 @@
 Each module turns TinyLLM objects into the files another tool reads and back, and owns
 that tool's names, defaults and checks, so that the rest of the library never needs to
 know them: ``hf_llama`` (a Hugging Face Llama folder, ``config.json`` +
-``model.safetensors``) and ``peft_adapter`` (a PEFT LoRA adapter, with its
-``save_adapter`` / ``load_adapter``). ``checkpoint.save_pretrained`` / ``load_pretrained``
-pick the format a whole model is saved in or read from, and call these modules.
+``model.safetensors``), ``peft_adapter`` (a PEFT LoRA adapter, with its
+``save_adapter`` / ``load_adapter``) and ``hf_tokenizer`` (a Hugging Face ``tokenizer.json``
+or a GGUF file's tokenizer metadata, behind ``Tokenizer.from_hf`` / ``from_gguf`` /
+``save_hf``). ``checkpoint.save_pretrained`` / ``load_pretrained`` pick the format a whole
+model is saved in or read from, and call these modules.
 
-Later formats join here the same way: ``hf_tokenizer`` (a Hugging Face ``tokenizer.json``),
-``gguf`` (llama.cpp's single file) and ``bnb_4bit`` (bitsandbytes' 4-bit weights).
+Later formats join here the same way: ``gguf`` (llama.cpp's single file) and ``bnb_4bit``
+(bitsandbytes' 4-bit weights).
 """
