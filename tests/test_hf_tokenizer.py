@@ -373,6 +373,16 @@ def test_save_hf_round_trips_through_autotokenizer(request, which: str) -> None:
     assert hf.apply_chat_template(messages, tokenize=False) == ours.apply_chat_template(messages)
 
 
+def test_folder_saved_by_transformers_reads_the_same(smol, reference, tmp_path: Path) -> None:
+    """transformers 5 writes tokenizer.json, tokenizer_config.json and chat_template.jinja."""
+    reference.save_pretrained(tmp_path)
+    again = Tokenizer.from_hf(tmp_path)
+    assert again.chat_template == smol.chat_template
+    assert (again.eos_id, again.pad_id, again.stop_ids) == (smol.eos_id, smol.pad_id, smol.stop_ids)
+    for text in TEXTS[:100]:
+        assert again.encode(text) == smol.encode(text)
+
+
 def test_saved_base_pattern_splits_every_character_as_python_re(base_hf_dir: Path) -> None:
     """The base pattern is written for ``re``; the file spells its classes out for Oniguruma."""
     every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
