@@ -451,6 +451,8 @@ def set_field(data: dict, dotted: str, value) -> dict:
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("normalizer", {"type": "NFC"}, "field 'normalizer' is 'NFC'"),
+    ("pre_tokenizer", None, "field 'pre_tokenizer' must be a JSON object, got null"),
+    ("model", None, "field 'model' must be a JSON object, got null"),
     ("model.byte_fallback", True, "field 'model.byte_fallback' is true"),
     ("model.byte_fallback", "no", "field 'model.byte_fallback' must be a boolean"),
     ("model.dropout", 0.1, "field 'model.dropout' is 0.1"),

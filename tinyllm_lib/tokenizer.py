@@ -37,6 +37,12 @@ is not a dependency); ``[^\\W\\d_]`` is ``re``'s way to say "a Unicode letter".
 A corpus repeats the same few thousand chunks over and over, so the encoder remembers the
 ids of every chunk it has seen (an LRU cache) and runs the merge loop only for new ones.
 
+Other tools' tokenizers: a Hugging Face ``tokenizer.json`` or the tokenizer in a GGUF file
+(SmolLM2's) is byte-level BPE too, with its own ids, merge order, pre-tokenizer regexes and
+specials. ``formats.hf_tokenizer`` reads either into a ``BPEVocabulary`` and the same encoder
+runs it (``Tokenizer.from_hf``, ``Tokenizer.from_gguf``); ``save_hf`` writes any of them,
+ours included, for ``transformers.AutoTokenizer``. Only ``save``/``load`` stay ours alone.
+
 Specials never come from plain text: ``encode("<|im_end|>")`` gives ordinary byte-level
 tokens, so a user cannot forge the end of a chat turn. Special ids come only when the caller
 names the special in ``allowed_special``.

@@ -181,9 +181,12 @@ class _Object:
         if not any(value == ok and type(value) is type(ok) for ok in allowed):
             raise self.fail(key, f"is {value!r}: {why}")
 
-    def child(self, key: str, default: Any = _REQUIRED) -> _Object | None:
+    def child(self, key: str, default: Any = _REQUIRED) -> Any:
+        """The object at ``key``; ``None`` only where a default allows it (null or absent)."""
         value = self.get(key, default)
-        return None if value is None else _Object(value, self.path, self.field(key))
+        if value is None and default is not _REQUIRED:
+            return None
+        return _Object(value, self.path, self.field(key))
 
     def items(self, key: str) -> list[Any]:
         value = self.get(key)
@@ -216,7 +219,6 @@ def vocabulary_from_json(
 ) -> BPEVocabulary:
     """Check every field this reader depends on and build the vocabulary, or refuse."""
     model = data.child("model")
-    assert model is not None
     kind = model.string("type")
     if kind != "BPE":
         raise model.fail("type", f"is {kind!r}: only byte-level BPE tokenizers are read here")
@@ -271,10 +273,8 @@ def vocabulary_from_json(
     )
 
 
-def _split_stages(pre: _Object | None) -> tuple[str, ...]:
+def _split_stages(pre: _Object) -> tuple[str, ...]:
     """The pre-tokenizer as split patterns: ``Split``/``Digits`` steps, then ``ByteLevel``."""
-    if pre is None:
-        raise ValueError("pre_tokenizer is null: byte-level BPE needs a ByteLevel pre-tokenizer")
     if pre.get("type") == "Sequence":
         steps = [_Object(step, pre.path, f"{pre.field('pretokenizers')}[{k}]")
                  for k, step in enumerate(pre.items("pretokenizers"))]
@@ -306,7 +306,6 @@ def _split_pattern(step: _Object) -> str:
     step.must_be("behavior", _REQUIRED, ("Isolated",), "only 'Isolated' is implemented here")
     step.must_be("invert", False, (False,), "not implemented here")
     pattern = step.child("pattern")
-    assert pattern is not None
     if "Regex" in pattern.value:
         text = pattern.string("Regex")
     else:
