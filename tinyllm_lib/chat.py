@@ -19,6 +19,11 @@ to predict the user's words. Each reply's closing ``<|im_end|>`` *is* labelled: 
 the model learns to stop. The ``"\\n"`` after it is not: generation has already stopped at
 ``<|im_end|>``, so that newline is only glue between messages.
 
+A tokenizer read from another tool brings its own chat template (Jinja), which
+``Tokenizer.apply_chat_template`` renders. SmolLM2's is this same ChatML with another default
+system message, so ``encode_chat`` asks the template which default it inserts
+(``default_system``) and checks that the template renders exactly the text its pieces spell.
+
 The special tokens never come from text. ``encode_chat`` inserts their ids itself and
 encodes roles and contents as plain text, so a user who types ``<|im_end|>`` gets ordinary
 byte tokens and cannot end their own message early.
@@ -35,6 +40,17 @@ from .tokenizer import IM_END, IM_START, Tokenizer
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_SYSTEM = "You are a helpful assistant."
+# format_chatml as a Jinja chat template, for the tokenizer_config.json that Tokenizer.save_hf
+# writes: transformers' apply_chat_template then renders the same text.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 class Message(TypedDict):
@@ -89,18 +105,25 @@ def check_messages(messages: Sequence[Message]) -> None:
             raise ValueError(f"message {i}: a system message may only come first")
 
 
-def with_default_system(messages: Sequence[Message]) -> list[Message]:
-    """The checked messages, starting with ``DEFAULT_SYSTEM`` unless they bring their own."""
+def with_default_system(
+    messages: Sequence[Message], default: str = DEFAULT_SYSTEM
+) -> list[Message]:
+    """The checked messages, starting with ``default`` unless they bring their own system one."""
     check_messages(messages)
     if messages and messages[0]["role"] == "system":
         return list(messages)
-    return [Message(role="system", content=DEFAULT_SYSTEM), *messages]
+    return [Message(role="system", content=default), *messages]
 
 
-def format_chatml(messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
+def format_chatml(
+    messages: Sequence[Message],
+    add_generation_prompt: bool = False,
+    default_system: str = DEFAULT_SYSTEM,
+) -> str:
     """The ChatML text of a conversation, for reading; models get ``encode_chat``'s ids."""
     text = "".join(
-        f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in with_default_system(messages)
+        f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n"
+        for m in with_default_system(messages, default_system)
     )
     if add_generation_prompt:
         text += f"{IM_START}assistant\n"
@@ -108,7 +131,9 @@ def format_chatml(messages: Sequence[Message], add_generation_prompt: bool = Fal
 
 
 def split_turns(
-    messages: Sequence[Message], add_generation_prompt: bool = False
+    messages: Sequence[Message],
+    add_generation_prompt: bool = False,
+    default_system: str = DEFAULT_SYSTEM,
 ) -> tuple[Message, list[list[Message]]]:
     """The system message and the exchanges that follow it.
 
@@ -116,7 +141,7 @@ def split_turns(
     alternate, starting with the user. A training conversation ends with a reply; a
     prompt for generation ends with a user message, whose exchange is just ``[user]``.
     """
-    system, *rest = with_default_system(messages)
+    system, *rest = with_default_system(messages, default_system)
     first_index = len(messages) - len(rest)  # index of rest[0] in the caller's list
     for i, message in enumerate(rest):
         expected = "user" if i % 2 == 0 else "assistant"
@@ -135,6 +160,25 @@ def split_turns(
             f"to end with role {wanted!r}"
         )
     return system, [rest[i : i + 2] for i in range(0, len(rest), 2)]
+
+
+def default_system(tokenizer: Tokenizer) -> str:
+    """The system message ``tokenizer``'s chat template puts first when a conversation has none.
+
+    Ours is ``DEFAULT_SYSTEM``. A template is asked by rendering a one-message conversation
+    and reading the system message off the front; a template that adds none, or renders
+    something other than ChatML, is refused.
+    """
+    if tokenizer.chat_template is None:
+        return DEFAULT_SYSTEM
+    text = tokenizer.apply_chat_template([Message(role="user", content="")])
+    head, tail = f"{IM_START}system\n", f"{IM_END}\n{IM_START}user\n{IM_END}\n"
+    if not (text.startswith(head) and text.endswith(tail)):
+        raise ValueError(
+            "encode_chat needs a ChatML chat template that puts a default system message "
+            f"first; this tokenizer's renders a lone user message as {text!r}"
+        )
+    return text[len(head) : -len(tail)]
 
 
 def _join(parts: Sequence[EncodedChat]) -> EncodedChat:
@@ -173,10 +217,14 @@ def encode_chat(
 ) -> EncodedChat:
     """Token ids and assistant-only labels of a conversation rendered in ChatML.
 
-    The ids equal ``tokenizer.encode(format_chatml(...), allowed_special="all")`` whenever
-    the pre-tokeniser cuts the text after the newline that ends a role line. Ours does
-    unless a content starts with two whitespace characters or is only whitespace: then
-    the newline and that whitespace form one chunk, which here is split in two.
+    The ids equal ``tokenizer.encode(tokenizer.apply_chat_template(...),
+    allowed_special="all")`` (and Hugging Face's ids of that text) whenever the
+    pre-tokeniser cuts the text after the newline that ends a role line. Ours and GPT-2's
+    do unless a content starts with whitespace before more whitespace or a word (ours:
+    two whitespace characters, or only whitespace): then the newline and that whitespace
+    form one chunk, which here is split in two. A tokenizer with a chat template supplies
+    the default system message (``default_system``), and its template must render the very
+    text these ids spell, or this raises ``ValueError``.
 
     With ``max_len``, the oldest exchanges are dropped (the system message is kept) until
     the conversation fits, so the result still ends with a whole reply, or with the
@@ -184,7 +232,15 @@ def encode_chat(
     If the system message and the last exchange alone are too long, this raises
     ``ConversationTooLongError``.
     """
-    system, exchanges = split_turns(messages, add_generation_prompt)
+    default = default_system(tokenizer)
+    system, exchanges = split_turns(messages, add_generation_prompt, default)
+    if tokenizer.chat_template is not None:
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt)
+        if rendered != format_chatml(messages, add_generation_prompt, default):
+            raise ValueError(
+                "the tokenizer's chat template does not render this conversation as ChatML "
+                f"(it gives {rendered!r}), so encode_chat cannot label it"
+            )
     head = _encode_message(tokenizer, system)
     turns = [_join([_encode_message(tokenizer, m) for m in exchange]) for exchange in exchanges]
     if add_generation_prompt:

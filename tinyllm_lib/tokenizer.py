@@ -37,6 +37,12 @@ is not a dependency); ``[^\\W\\d_]`` is ``re``'s way to say "a Unicode letter".
 A corpus repeats the same few thousand chunks over and over, so the encoder remembers the
 ids of every chunk it has seen (an LRU cache) and runs the merge loop only for new ones.
 
+Other tools' tokenizers: a Hugging Face ``tokenizer.json`` or the tokenizer in a GGUF file
+(SmolLM2's) is byte-level BPE too, with its own ids, merge order, pre-tokenizer regexes and
+specials. ``formats.hf_tokenizer`` reads either into a ``BPEVocabulary`` and the same encoder
+runs it (``Tokenizer.from_hf``, ``Tokenizer.from_gguf``); ``save_hf`` writes any of them,
+ours included, for ``transformers.AutoTokenizer``. Only ``save``/``load`` stay ours alone.
+
 Specials never come from plain text: ``encode("<|im_end|>")`` gives ordinary byte-level
 tokens, so a user cannot forge the end of a chat turn. Special ids come only when the caller
 names the special in ``allowed_special``.
@@ -48,7 +54,9 @@ import heapq
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import lru_cache
 from itertools import chain, pairwise, repeat
 from pathlib import Path
@@ -69,46 +77,177 @@ SPECIAL_IDS: dict[str, int] = {name: NUM_BYTES + k for k, name in enumerate(SPEC
 FIRST_MERGE_ID = NUM_BYTES + len(SPECIAL_TOKENS)
 
 _CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-PRETOKENIZE_PATTERN = (
-    rf" ?[^\W\d_{_CJK}]+"  # letters, with the space before them
-    r"|\d"  # one digit
-    rf"|[{_CJK}]"  # one CJK character
-    r"| ?(?:[^\s\w]|_)+"  # punctuation and symbols, with the space before them
-    r"|\s+(?!\S)|\s+"  # whitespace, leaving the last space for the next word
+# The pattern's character classes by name, apart from the pattern's shape, so that
+# ``formats.hf_tokenizer`` can spell each class out as the characters it holds for another regex
+# engine, whose ``\w``, ``\d`` and ``\s`` are not Python's.
+PRETOKENIZE_CLASSES: dict[str, str] = {
+    "letter": rf"[^\W\d_{_CJK}]",
+    "digit": r"\d",
+    "cjk": rf"[{_CJK}]",
+    "symbol": r"(?:[^\s\w]|_)",
+    "space": r"\s",
+    "nonspace": r"\S",
+}
+PRETOKENIZE_TEMPLATE = (
+    " ?{letter}+"  # letters, with the space before them
+    "|{digit}"  # one digit
+    "|{cjk}"  # one CJK character
+    "| ?{symbol}+"  # punctuation and symbols, with the space before them
+    "|{space}+(?!{nonspace})|{space}+"  # whitespace, leaving the last space for the next word
 )
+PRETOKENIZE_PATTERN = PRETOKENIZE_TEMPLATE.format(**PRETOKENIZE_CLASSES)
 
 # Distinct chunks remembered by the encoder; a corpus has far fewer, a flood of random
 # strings cannot grow memory without bound.
 _CHUNK_CACHE_SIZE = 1 << 18
-_NOT_A_MERGE = 1 << 62  # ranks above every real merge id: "this pair was never merged"
+_NOT_A_MERGE = 1 << 62  # above every real merge rank: "this pair was never merged"
+_BYTE_VALUES = tuple(range(NUM_BYTES))  # our byte ids: each byte is its own id
+
+
+@dataclass(frozen=True)
+class BPEVocabulary:
+    """A byte-level BPE tokenizer as plain data: all ``Tokenizer`` needs, however it was made.
+
+    The project's own tokenizer and a Hugging Face or GGUF one differ only in these values,
+    so one encoder runs them all:
+
+    * ``token_bytes[i]``: the bytes id ``i`` stands for (a special's bytes are its literal text);
+    * ``byte_ids[b]``: the id a lone byte ``b`` starts as, before any merge. Ours are the byte
+      values themselves; a GPT-2-style vocabulary puts its one-byte tokens anywhere, and may
+      lack some (``None``): SmolLM2 has none for six control characters and for the bytes
+      that only characters never assigned in Unicode use. Such a byte is dropped before
+      merging, as Hugging Face's BPE drops a character it has no token for, so text holding
+      one does not round-trip;
+    * ``merges``: ``(left, right, merged)`` ids, best first: when a chunk holds several
+      mergeable pairs, the pair listed first is fused first;
+    * ``split_patterns``: the pre-tokenizer, regexes applied one after another, each cutting
+      every piece of the one before into smaller chunks; merges never cross a cut.
+      ``pattern_syntax`` names the module that reads them: ``"re"``, the standard library, for
+      the project's own pattern, or ``"regex"``, which knows the ``\\p{L}`` / ``\\p{N}`` classes
+      other tools write. A ``"regex"`` stage keeps the text between its matches as pieces too
+      (Hugging Face's ``Split`` with ``behavior="Isolated"``);
+    * ``special_tokens``: text that becomes its one id only where ``encode``'s
+      ``allowed_special`` names it; ``added_tokens``: text that always does (Hugging Face's
+      non-special added tokens: not control tokens, so nothing to guard);
+    * for chat and for writing the tokenizer back: the chat template (Jinja) and the token
+      names the file declares for beginning, end, unknown and padding.
+    """
+
+    token_bytes: tuple[bytes, ...]
+    byte_ids: tuple[int | None, ...]
+    merges: tuple[tuple[int, int, int], ...]
+    split_patterns: tuple[str, ...]
+    pattern_syntax: Literal["re", "regex"]
+    special_tokens: Mapping[str, int]
+    added_tokens: Mapping[str, int] = dataclass_field(default_factory=dict)
+    chat_template: str | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    unk_token: str | None = None
+    pad_token: str | None = None
 
 
 class Tokenizer:
-    """A trained byte-level BPE vocabulary: ``merges[k]`` is the pair that became id 260 + k."""
+    """A byte-level BPE tokenizer. Trained here, ``merges[k]`` is the pair that became id 260 + k;
+    read from another tool (``from_hf``, ``from_gguf``), ``merges[k]`` is that file's k-th merge.
+    """
 
     def __init__(
         self, merges: Iterable[tuple[int, int]], pattern: str = PRETOKENIZE_PATTERN
     ) -> None:
-        self.merges: list[tuple[int, int]] = [(int(a), int(b)) for a, b in merges]
-        self.pattern = pattern
-        self._chunk_re = re.compile(pattern)
-        self._ranks: dict[tuple[int, int], int] = {}
-        self._token_bytes: list[bytes] = [bytes([b]) for b in range(NUM_BYTES)]
-        self._token_bytes += [name.encode("utf-8") for name in SPECIAL_TOKENS]
-        for new_id, (a, b) in enumerate(self.merges, start=FIRST_MERGE_ID):
+        """The project's own id layout (module docstring) with these merges and pattern."""
+        pairs = [(int(a), int(b)) for a, b in merges]
+        seen: dict[tuple[int, int], int] = {}
+        token_bytes = [bytes([b]) for b in range(NUM_BYTES)]
+        token_bytes += [name.encode("utf-8") for name in SPECIAL_TOKENS]
+        for new_id, (a, b) in enumerate(pairs, start=FIRST_MERGE_ID):
             if not (0 <= a < new_id and 0 <= b < new_id):
                 raise ValueError(f"merge {new_id}: ({a}, {b}) must name ids below {new_id}")
             if NUM_BYTES <= a < FIRST_MERGE_ID or NUM_BYTES <= b < FIRST_MERGE_ID:
                 raise ValueError(f"merge {new_id}: ({a}, {b}) uses a special token id")
-            if (a, b) in self._ranks:
-                raise ValueError(f"merge {new_id}: ({a}, {b}) repeats merge {self._ranks[a, b]}")
-            self._ranks[a, b] = new_id
-            self._token_bytes.append(self._token_bytes[a] + self._token_bytes[b])
+            if (a, b) in seen:
+                raise ValueError(f"merge {new_id}: ({a}, {b}) repeats merge {seen[a, b]}")
+            seen[a, b] = new_id
+            token_bytes.append(token_bytes[a] + token_bytes[b])
+        self._setup(BPEVocabulary(
+            token_bytes=tuple(token_bytes),
+            byte_ids=_BYTE_VALUES,
+            merges=tuple((a, b, new_id) for (a, b), new_id in seen.items()),
+            split_patterns=(pattern,),
+            pattern_syntax="re",
+            special_tokens=dict(SPECIAL_IDS),
+            eos_token=ENDOFTEXT,
+            pad_token=PAD,
+        ))
+        self._own_layout = True
+
+    @classmethod
+    def from_vocabulary(cls, vocabulary: BPEVocabulary) -> Tokenizer:
+        """A tokenizer for any byte-level BPE vocabulary (``formats.hf_tokenizer`` makes them)."""
+        tokenizer = cls.__new__(cls)
+        tokenizer._setup(vocabulary)
+        return tokenizer
+
+    @classmethod
+    def from_hf(cls, path: str | Path) -> Tokenizer:
+        """Read a Hugging Face ``tokenizer.json`` (a file, or a folder holding one).
+
+        A folder's ``tokenizer_config.json`` (or one beside the file) gives the chat template
+        and the declared special tokens. Only byte-level BPE is read; anything else is refused
+        with an error naming the file and the field (``formats.hf_tokenizer``).
+        """
+        from .formats.hf_tokenizer import read_hf_tokenizer  # it imports this module
+
+        return cls.from_vocabulary(read_hf_tokenizer(path))
+
+    @classmethod
+    def from_gguf(
+        cls, path: str | Path, pre_tokenizer: Literal["transformers", "llama.cpp"] = "transformers"
+    ) -> Tokenizer:
+        """The tokenizer stored in a GGUF file's metadata (e.g. SmolLM2's).
+
+        ``pre_tokenizer`` picks whose reading of the file's ``tokenizer.ggml.pre`` to follow:
+        ``"transformers"`` (the default) gives the ids ``AutoTokenizer.from_pretrained(...,
+        gguf_file=...)`` gives; ``"llama.cpp"`` those llama.cpp and the model's own
+        ``tokenizer.json`` give. They differ for SmolLM2: see ``formats.hf_tokenizer``.
+        """
+        from .formats.hf_tokenizer import read_gguf_tokenizer  # it imports this module
+
+        return cls.from_vocabulary(read_gguf_tokenizer(path, pre_tokenizer))
+
+    def _setup(self, vocabulary: BPEVocabulary) -> None:
+        """Build the encoder's tables from ``vocabulary``: ids, merge ranks, splitter, specials."""
+        size = len(vocabulary.token_bytes)
+        named = [*vocabulary.special_tokens.values(), *vocabulary.added_tokens.values()]
+        used = [*named, *(i for merge in vocabulary.merges for i in merge)]
+        used += [i for i in vocabulary.byte_ids if i is not None]
+        if len(vocabulary.byte_ids) != NUM_BYTES or not all(0 <= i < size for i in used):
+            raise ValueError(
+                f"inconsistent vocabulary: {NUM_BYTES} byte ids are needed and every id must be "
+                f"in [0, {size})"
+            )
+        self.vocabulary = vocabulary
+        self._own_layout = False
+        self.merges: list[tuple[int, int]] = [(a, b) for a, b, _ in vocabulary.merges]
+        self.pattern: str | None = (
+            vocabulary.split_patterns[0] if len(vocabulary.split_patterns) == 1 else None
+        )
+        self._token_bytes: list[bytes] = list(vocabulary.token_bytes)
+        self._byte_ids = None if vocabulary.byte_ids == _BYTE_VALUES else list(vocabulary.byte_ids)
+        self._byte_holes = None in vocabulary.byte_ids
+        self._ranks = {(a, b): rank for rank, (a, b) in enumerate(self.merges)}
+        self._merged_ids = [merged for _, _, merged in vocabulary.merges]
+        self._split = _splitter(vocabulary.split_patterns, vocabulary.pattern_syntax)
+        self._specials = dict(vocabulary.special_tokens)
+        self._added = dict(vocabulary.added_tokens)
         self._encode_chunk = lru_cache(maxsize=_CHUNK_CACHE_SIZE)(self._merge_chunk)
 
-    def __reduce__(self) -> tuple[type[Tokenizer], tuple[list[tuple[int, int]], str]]:
-        """Pickle (e.g. to DataLoader worker processes) as merges + pattern, without the cache."""
-        return (Tokenizer, (self.merges, self.pattern))
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle (e.g. to DataLoader worker processes) without the cache: ours as merges +
+        pattern, another tool's as its vocabulary."""
+        if self._own_layout:
+            return (Tokenizer, (self.merges, self.pattern))
+        return (Tokenizer.from_vocabulary, (self.vocabulary,))
 
     # ----------------------------------------------------------------- vocabulary
 
@@ -122,28 +261,64 @@ class Tokenizer:
 
     @property
     def special_tokens(self) -> dict[str, int]:
-        return dict(SPECIAL_IDS)
+        """Every special token and its id: text that gives that id only when allowed."""
+        return dict(self._specials)
 
     @property
     def eos_id(self) -> int:
-        return SPECIAL_IDS[ENDOFTEXT]
+        """``<|endoftext|>``, the end of a text: what pretraining puts between documents.
+
+        The file's declared ``eos_token`` counts only where the vocabulary has no
+        ``<|endoftext|>``: an instruct model's file (SmolLM2's) declares ``<|im_end|>``
+        there, the end of a *turn*, which ``stop_ids`` holds anyway.
+        """
+        if ENDOFTEXT in self._specials:
+            return self._specials[ENDOFTEXT]
+        return self._declared_id("eos_token")
 
     @property
     def im_start_id(self) -> int:
-        return SPECIAL_IDS[IM_START]
+        return self._chatml_id(IM_START)
 
     @property
     def im_end_id(self) -> int:
-        return SPECIAL_IDS[IM_END]
+        return self._chatml_id(IM_END)
 
     @property
     def pad_id(self) -> int:
-        return SPECIAL_IDS[PAD]
+        """The id a batch is padded with: the declared ``pad_token``, else ``<|pad|>``, else EOS.
+
+        Any id would do (padding is masked out of attention and loss); the declared one
+        keeps batches the same as other tools'.
+        """
+        if self.vocabulary.pad_token is not None:
+            return self._declared_id("pad_token")
+        return self._specials.get(PAD, self.eos_id)
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
-        """The ids that end a reply: ``<|im_end|>`` closes a turn, ``<|endoftext|>`` a text."""
-        return (self.im_end_id, self.eos_id)
+        """The ids that end a reply: ``<|im_end|>`` closes a turn, ``<|endoftext|>`` a text, and
+        the file's declared ``eos_token`` (SmolLM2's is ``<|im_end|>``) whatever it is."""
+        ids = [self.im_end_id] if IM_END in self._specials else []
+        ids.append(self.eos_id)
+        if self.vocabulary.eos_token is not None:
+            ids.append(self._declared_id("eos_token"))
+        return tuple(dict.fromkeys(ids))
+
+    def _chatml_id(self, name: str) -> int:
+        if name not in self._specials:
+            raise ValueError(f"this tokenizer has no special token {name}: it cannot frame ChatML")
+        return self._specials[name]
+
+    def _declared_id(self, field_name: str) -> int:
+        """The id of the token the file declares as ``field_name`` (e.g. ``eos_token``)."""
+        name = getattr(self.vocabulary, field_name)
+        if name is None:
+            raise ValueError(f"this tokenizer declares no {field_name}")
+        for table in (self._specials, self._added):
+            if name in table:
+                return table[name]
+        raise ValueError(f"the declared {field_name} {name!r} is not one of the tokenizer's tokens")
 
     def id_to_token_bytes(self, token_id: int) -> bytes:
         """The bytes token ``token_id`` stands for (a special's bytes are its literal text)."""
@@ -152,6 +327,31 @@ class Tokenizer:
                 f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})"
             )
         return self._token_bytes[token_id]
+
+    # ------------------------------------------------------------------------ chat
+
+    @property
+    def chat_template(self) -> str | None:
+        """The file's Jinja chat template; ``None`` for ours (``chat.format_chatml`` renders it)."""
+        return self.vocabulary.chat_template
+
+    def apply_chat_template(
+        self, messages: Sequence[Any], add_generation_prompt: bool = False
+    ) -> str:
+        """The text of a conversation, as transformers' ``apply_chat_template(tokenize=False)``.
+
+        With a template, it is rendered the way transformers renders it
+        (``formats.hf_tokenizer.render_chat_template``); without, ``chat.format_chatml``.
+        To train or prompt a model use ``chat.encode_chat``: its ids keep typed specials
+        as text.
+        """
+        if self.vocabulary.chat_template is None:
+            from .chat import format_chatml  # chat.py imports this module
+
+            return format_chatml(messages, add_generation_prompt)
+        from .formats.hf_tokenizer import render_chat_template  # it imports this module
+
+        return render_chat_template(self.vocabulary, messages, add_generation_prompt)
 
     # ------------------------------------------------------------------- training
 
@@ -187,14 +387,18 @@ class Tokenizer:
         """
         _check_utf8(text)
         allowed = self._allowed_specials(allowed_special)
-        if not allowed:
+        if not allowed and not self._added:
             return self._encode_plain(text)
-        splitter = "(" + "|".join(re.escape(name) for name in sorted(allowed)) + ")"
+        whole = {**self._added, **{name: self._specials[name] for name in allowed}}
+        # Longest first: where two tokens start at the same place the longer one wins, as in
+        # Hugging Face's matcher (leftmost-longest).
+        names = sorted(whole, key=lambda name: (-len(name), name))
+        splitter = "(" + "|".join(map(re.escape, names)) + ")"
         ids: list[int] = []
         # With a capturing group, re.split alternates: plain text, special, plain text, ...
         for k, piece in enumerate(re.split(splitter, text)):
             if k % 2:
-                ids.append(SPECIAL_IDS[piece])
+                ids.append(whole[piece])
             else:
                 ids += self._encode_plain(piece)
         return ids
@@ -216,43 +420,61 @@ class Tokenizer:
         return b"".join(pieces).decode("utf-8", errors="replace")
 
     def _encode_plain(self, text: str) -> list[int]:
-        return list(chain.from_iterable(map(self._encode_chunk, self._chunk_re.findall(text))))
+        return list(chain.from_iterable(map(self._encode_chunk, self._split(text))))
 
     def _merge_chunk(self, chunk: str) -> tuple[int, ...]:
-        """Apply merges to one chunk, always the earliest-learned pair present first.
+        """Apply merges to one chunk, always the best-ranked pair present first.
 
-        A merge's id is its rank. A pair involving a merged token always has a larger id
-        than the merge that made it, so "smallest id first" replays training's order.
+        A merge's rank is its place in the list (for ours, the order training learned them).
+        A pair involving a merged token always ranks below the merge that made it, so "best
+        rank first, every occurrence left to right" replays training's order. Hugging Face's
+        loop fuses one occurrence at a time from a priority queue; on such a list the two
+        give the same ids (``formats.hf_tokenizer`` refuses a list where that fails).
         """
-        ids = list(chunk.encode("utf-8"))
+        data = chunk.encode("utf-8")
+        if self._byte_ids is None:
+            ids = list(data)
+        else:
+            ids = [self._byte_ids[b] for b in data]
+            if self._byte_holes:
+                ids = [i for i in ids if i is not None]
         while len(ids) > 1:
-            new_id = min(map(self._ranks.get, pairwise(ids), repeat(_NOT_A_MERGE)))
-            if new_id == _NOT_A_MERGE:
+            rank = min(map(self._ranks.get, pairwise(ids), repeat(_NOT_A_MERGE)))
+            if rank == _NOT_A_MERGE:
                 break
-            ids = _replace_pair(ids, self.merges[new_id - FIRST_MERGE_ID], new_id)
+            ids = _replace_pair(ids, self.merges[rank], self._merged_ids[rank])
         return tuple(ids)
 
     def _allowed_specials(self, allowed_special: Iterable[str] | Literal["all"]) -> set[str]:
         if allowed_special == "all":
-            return set(SPECIAL_TOKENS)
+            return set(self._specials)
         if isinstance(allowed_special, str):
             raise ValueError(
                 f"allowed_special={allowed_special!r}: pass 'all' or a collection of names, "
                 f"e.g. ({allowed_special!r},)"
             )
         allowed = set(allowed_special)
-        unknown = allowed - set(SPECIAL_TOKENS)
+        unknown = allowed - set(self._specials)
         if unknown:
             raise ValueError(
                 f"allowed_special: unknown special token(s) {sorted(unknown)}; "
-                f"known: {list(SPECIAL_TOKENS)}"
+                f"known: {list(self._specials)}"
             )
         return allowed
 
     # ----------------------------------------------------------------- save / load
 
     def to_json(self) -> str:
-        """The tokenizer as JSON text, one merge per line with the token it makes."""
+        """The tokenizer as JSON text, one merge per line with the token it makes.
+
+        The ``tinyllm-bpe-v1`` format holds the project's own id layout only; a tokenizer
+        read from another tool is written with ``save_hf``.
+        """
+        if not self._own_layout:
+            raise ValueError(
+                f"{FORMAT} holds only a tokenizer trained here (bytes at 0..255, specials at "
+                "256..259); write this one with save_hf(directory)"
+            )
         merges = ",\n".join(
             "    " + json.dumps(r, ensure_ascii=False) for r in self._merge_records()
         )
@@ -274,6 +496,17 @@ class Tokenizer:
         path = Path(path)
         return _from_json(read_json(path), path)
 
+    def save_hf(self, directory: str | Path) -> None:
+        """Write Hugging Face's ``tokenizer.json`` and ``tokenizer_config.json`` into ``directory``.
+
+        ``AutoTokenizer.from_pretrained(directory)`` then gives the same ids as ``encode``
+        (for text without special-token strings, which Hugging Face always matches), and
+        ``Tokenizer.from_hf(directory)`` reads it back.
+        """
+        from .formats.hf_tokenizer import save_hf_tokenizer  # it imports this module
+
+        save_hf_tokenizer(self.vocabulary, directory)
+
     def _merge_records(self) -> list[dict[str, Any]]:
         return [
             {"id": new_id, "pair": [a, b], "token": _printable(self._token_bytes[new_id])}
@@ -285,6 +518,38 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _splitter(patterns: Sequence[str], syntax: str) -> Callable[[str], list[str]]:
+    """The pre-tokenizer as one function from text to chunks (see ``BPEVocabulary``)."""
+    if syntax == "re":
+        # The project's pattern matches every character, so findall loses nothing.
+        compiled: list[Any] = [re.compile(pattern) for pattern in patterns]
+    elif syntax == "regex":
+        import regex  # only other tools' patterns need it (\p{L}, \p{N})
+
+        # Also match a run of text where the pattern matches nowhere, as Split keeps it.
+        compiled = [regex.compile(rf"(?:{p})|(?s:(?:(?!(?:{p})).)+)") for p in patterns]
+    else:
+        raise ValueError(f"unknown pattern syntax {syntax!r}: expected 're' or 'regex'")
+    stages = [_findall(pattern) for pattern in compiled]
+    if len(stages) == 1:
+        return stages[0]
+
+    def split(text: str) -> list[str]:
+        pieces = [text]
+        for stage in stages:
+            pieces = [chunk for piece in pieces for chunk in stage(piece)]
+        return pieces
+
+    return split
+
+
+def _findall(pattern: Any) -> Callable[[str], list[str]]:
+    """Whole matches of ``pattern`` (``findall`` would return groups if it had any)."""
+    if pattern.groups:
+        return lambda text: [match.group() for match in pattern.finditer(text)]
+    return pattern.findall
 
 
 def _check_utf8(text: str) -> None:

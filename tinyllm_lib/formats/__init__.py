@@ -4,11 +4,11 @@ Each module turns TinyLLM objects into the files another tool reads and back, an
 that tool's names, defaults and checks, so that the rest of the library never needs to
 know them: ``hf_llama`` (a Hugging Face Llama folder, ``config.json`` +
 ``model.safetensors``), ``peft_adapter`` (a PEFT LoRA adapter, with its
-``save_adapter`` / ``load_adapter``) and ``gguf`` (llama.cpp's single file, read only:
-``read_gguf_model``, ``gguf_metadata``). ``checkpoint.save_pretrained`` /
-``load_pretrained`` pick the format a whole model is saved in or read from, and call
-these modules.
+``save_adapter`` / ``load_adapter``), ``hf_tokenizer`` (a Hugging Face ``tokenizer.json``
+or a GGUF file's tokenizer metadata, behind ``Tokenizer.from_hf`` / ``from_gguf`` /
+``save_hf``) and ``gguf`` (llama.cpp's single file: ``read_gguf_model``, ``gguf_metadata``).
+``checkpoint.save_pretrained`` / ``load_pretrained`` pick the format a whole model is saved
+in or read from, and call these modules.
 
-Later formats join here the same way: ``hf_tokenizer`` (a Hugging Face ``tokenizer.json``)
-and ``bnb_4bit`` (bitsandbytes' 4-bit weights).
+Later formats join here the same way: ``bnb_4bit`` (bitsandbytes' 4-bit weights).
 """
