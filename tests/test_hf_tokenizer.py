@@ -34,7 +34,7 @@ SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Huggin
 
 @pytest.fixture(scope="module")
 def smol() -> Tokenizer:
-    return Tokenizer.from_gguf(find_smollm2())
+    return Tokenizer.from_gguf(find_smollm2(), pre_tokenizer="transformers")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_gguf_special_ids(smol: Tokenizer, reference) -> None:
 
 def test_llama_cpp_pre_tokenizer_cuts_numbers_first(smol: Tokenizer, reference) -> None:
     """llama.cpp's "smollm" = SmolLM2's own tokenizer.json: Digits(individual) then ByteLevel."""
-    llama = Tokenizer.from_gguf(find_smollm2(), pre_tokenizer="llama.cpp")
+    llama = Tokenizer.from_gguf(find_smollm2())  # the default: the ids SmolLM2 was trained on
     data = json.loads(reference.backend_tokenizer.to_str())
     data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True},

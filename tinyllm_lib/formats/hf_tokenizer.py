@@ -32,9 +32,10 @@ with its regex and no digit step. The merges contain no pair joining two digits 
 a digit (SmolLM2 learned none), so numbers come out the same; whitespace before a digit does
 not: in ``"a  1"`` GPT-2's regex leaves the second space to the digit, ``" 1"``, which BPE
 cannot join, so transformers gives ``[" ", " ", "1"]`` where llama.cpp gives ``["  ", "1"]``
-(the same for ``"\\n\\n"`` before a number). ``read_gguf_tokenizer`` follows transformers by
-default (the ids the project's tests compare with) and llama.cpp with
-``pre_tokenizer="llama.cpp"``: the ids SmolLM2 was trained on.
+(the same for ``"\\n\\n"`` before a number). ``read_gguf_tokenizer`` follows llama.cpp by
+default: those are the ids SmolLM2 was trained on, the ids its own ``tokenizer.json`` gives,
+and what ``load_pretrained`` fine-tunes with. ``pre_tokenizer="transformers"`` gives
+transformers' GGUF ids instead (the tests compare both with their references).
 
 **What is refused.** A reader that silently misreads a tokenizer gives other ids and no
 error, so everything this one does not implement is refused with the file and the field:
@@ -438,7 +439,7 @@ def _config_fields(
 
 
 def read_gguf_tokenizer(
-    path: str | Path, pre_tokenizer: Literal["transformers", "llama.cpp"] = "transformers"
+    path: str | Path, pre_tokenizer: Literal["transformers", "llama.cpp"] = "llama.cpp"
 ) -> BPEVocabulary:
     """The tokenizer in a GGUF file's metadata, split as ``pre_tokenizer``'s tool splits it."""
     path = Path(path)
@@ -448,7 +449,7 @@ def read_gguf_tokenizer(
 def vocabulary_from_gguf(
     metadata: Mapping[str, Any],
     path: str | Path,
-    pre_tokenizer: Literal["transformers", "llama.cpp"] = "transformers",
+    pre_tokenizer: Literal["transformers", "llama.cpp"] = "llama.cpp",
 ) -> BPEVocabulary:
     """A vocabulary from GGUF tokenizer metadata (``{"tokenizer.ggml.tokens": [...], ...}``).
 
