@@ -47,8 +47,9 @@ def logits(model) -> torch.Tensor:
 def test_round_trip_is_exact(tmp_path, tokenizer, config):
     model = make_model(config)
     save_pretrained(model, tokenizer, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(
-        [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE])
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted([  # transformers' set
+        "config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+        "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"])
     keys = set(load_file(tmp_path / "m" / WEIGHTS_FILE))
     assert ("lm_head.weight" in keys) == (not config.tie_embeddings)  # tied: stored once
     loaded, tok = load_pretrained(tmp_path / "m", device="cpu")

@@ -10,11 +10,11 @@ injection rule has tests of its own.
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
 import pytest
+from mixed_text import TEXTS
 from tokenizers import Tokenizer as HFBackend
 from transformers import AutoTokenizer
 
@@ -45,70 +45,6 @@ def reference():
 @pytest.fixture(scope="module")
 def base() -> Tokenizer:
     return Tokenizer.load(BASE_TOKENIZER)
-
-
-# ------------------------------------------------------------------ mixed text
-
-ENGLISH = [
-    "The little robot walked to the market on Monday morning.",
-    'She said: "don\'t go", but he\'d already left; they\'ll see.',
-    "It's JOHN'S book, isn't it? We've WON'T.",
-    "A quick brown fox jumps over the lazy dog",
-    "Hello,world!How are you?",
-]
-CHINESE = [
-    "小明住在北京，他喜欢读书。",
-    "机器人在星期一早上走到了市场。",
-    "问：十七加二十五等于多少？答：四十二。",
-    "今天天气很好，我们去公园散步吧！",
-    "日本語のテキストも少し。",
-    "한국어 문장도 있습니다.",
-]
-CODE = [
-    "def f(x):\n    return x ** 2  # square\n",
-    "for (int i = 0; i < n; ++i) { a[i] += b[i]; }",
-    "const x = {a: 1, 'b': [2, 3]};",
-    'if __name__ == "__main__":\n\tmain()',
-    "SELECT * FROM t WHERE id >= 42;",
-    '<div class="x">&nbsp;</div>',
-    "x_1 = y__2 -> z",
-]
-NUMBERS = [
-    "12345", "3.14159", "1,234,567.89", "2024-05-17", "+1 (555) 010-9999", "0x1F", "1e-10",
-    "100%", "½ ² ③ Ⅻ", "٣٤٥", "१२३", "007", "42nd", "v2.0.1",
-]
-EMOJI = ["😀", "👍🏽", "👨‍👩‍👧‍👦", "🇫🇷", "☀️", "🍎🍊", "❤️‍🔥", "✨🎉"]
-SPACES = [
-    " ", "  ", "   ", "\n", "\n\n", "\n\n\n", "\t", " \n ", "\r\n", "    \n",
-    "\u00a0", "\u3000", "\u2028", "\x0b", "\x0c", "\x85", "\x1c",
-]
-PUNCTUATION = [
-    "!!!", "...", "—", "«»", "¿¡", "()", "[]", "{}", "?!", "“quoted”", "‘single’", "#@$%^&*",
-    "---", "___", "///", "\\\\", "<|", "|>", "<|im",
-]
-ACCENTED = [
-    "Café", "déjà vu", "naïve", "Ångström", "façade", "Øresund", "Straße", "Łódź",
-    "Crème brûlée", "e\u0301te\u0301", "n\u0303", "Ελληνικά", "Русский текст", "عربي", "हिन्दी",
-]
-FRAGMENTS = ENGLISH + CHINESE + CODE + NUMBERS + EMOJI + PUNCTUATION + ACCENTED
-
-
-def mixed_texts(count: int = 500, seed: int = 0) -> list[str]:
-    """Deterministic strings mixing every kind of fragment, separated by runs of whitespace."""
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(count):
-        parts = []
-        for _ in range(rng.randint(1, 8)):
-            parts.append(rng.choice(FRAGMENTS))
-            parts.append(rng.choice(SPACES) if rng.random() < 0.6 else "")
-            if rng.random() < 0.2:
-                parts.append(str(rng.randint(0, 10 ** rng.randint(1, 9))))
-        texts.append("".join(parts))
-    return texts
-
-
-TEXTS = mixed_texts()
 
 
 def test_mixed_text_is_large_and_free_of_special_strings(smol: Tokenizer) -> None:
@@ -192,9 +128,13 @@ def test_gguf_tokenizer_pickles(smol: Tokenizer) -> None:
     assert copy.encode(TEXTS[0]) == smol.encode(TEXTS[0]) and copy.stop_ids == smol.stop_ids
 
 
-def test_gguf_tokenizer_has_no_tinyllm_format(smol: Tokenizer, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="save_hf"):
-        smol.save(tmp_path / "tokenizer.json")
+def test_gguf_tokenizer_saves_as_tokenizer_json(smol: Tokenizer, tmp_path: Path) -> None:
+    smol.save(tmp_path / "tokenizer.json")
+    again = Tokenizer.load(tmp_path / "tokenizer.json")
+    backend = HFBackend.from_file(str(tmp_path / "tokenizer.json"))
+    for text in TEXTS[:200]:
+        assert again.encode(text) == smol.encode(text) == backend.encode(
+            text, add_special_tokens=False).ids
 
 
 # ------------------------------------------------------------------ injection safety
@@ -360,6 +300,7 @@ def test_save_hf_round_trips_through_autotokenizer(request, which: str) -> None:
         assert again.encode(text) == ids
     for name in ("eos_id", "pad_id", "im_start_id", "im_end_id", "stop_ids", "special_tokens"):
         assert getattr(again, name) == getattr(ours, name), name
+    assert again.vocabulary == ours.vocabulary  # the base: its own pattern and ChatML back
     assert hf.convert_tokens_to_ids(hf.eos_token) in ours.stop_ids
     messages = CONVERSATIONS[3]
     assert hf.apply_chat_template(messages, tokenize=False) == ours.apply_chat_template(messages)

@@ -299,18 +299,28 @@ def test_save_load_round_trip(tok: Tokenizer, tmp_path: Path) -> None:
     assert (tmp_path / "again.json").read_bytes() == path.read_bytes()
 
 
-def test_saved_file_is_readable_json(tok: Tokenizer, tmp_path: Path) -> None:
+def test_saved_file_is_hugging_face_tokenizer_json(tok: Tokenizer, tmp_path: Path) -> None:
     path = tmp_path / "tokenizer.json"
     tok.save(path)
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["format"] == "tinyllm-bpe-v1"
-    assert data["pattern"] == PRETOKENIZE_PATTERN
-    shown = {record["id"]: record["token"] for record in data["merges"]}
-    assert list(shown) == list(range(FIRST_MERGE_ID, len(tok)))
-    assert " lives" in shown.values()  # whole words read as text
-    assert "市" in shown.values()  # so do whole characters
-    assert "\\xe4\\xba" in shown.values()  # half a character shows its bytes
-    assert len(path.read_text(encoding="utf-8").splitlines()) == len(tok.merges) + 7
+    assert data["model"]["type"] == "BPE" and len(data["model"]["vocab"]) == len(tok)
+    assert len(data["model"]["merges"]) == len(tok.merges)
+    assert [(t["id"], t["content"], t["special"]) for t in data["added_tokens"]] == [
+        (token_id, name, True) for name, token_id in tok.special_tokens.items()]
+    assert data["model"]["vocab"]["\u0120lives"] >= FIRST_MERGE_ID  # " lives", GPT-2's spelling
+
+
+LEGACY_FILE = Path(__file__).parent / "data" / "tokenizer-tinyllm-bpe-v1.json"
+"""The shipped base's tokenizer as the project saved it before it wrote Hugging Face's
+format (``tinyllm-bpe-v1``, the file of data/base until the real-model issue)."""
+BASE_TOKENIZER = Path(__file__).parent.parent / "data" / "base" / "tokenizer.json"
+
+
+def test_legacy_file_loads_as_the_same_tokenizer() -> None:
+    old, new = Tokenizer.load(LEGACY_FILE), Tokenizer.load(BASE_TOKENIZER)
+    assert json.loads(LEGACY_FILE.read_text(encoding="utf-8"))["format"] == "tinyllm-bpe-v1"
+    assert old.vocabulary == new.vocabulary
+    assert old.encode(SAMPLE_TEXT) == new.encode(SAMPLE_TEXT)
 
 
 def test_pickle_round_trip(tok: Tokenizer) -> None:
@@ -321,9 +331,8 @@ def test_pickle_round_trip(tok: Tokenizer) -> None:
     assert copy.encode(SAMPLE_TEXT) == tok.encode(SAMPLE_TEXT)
 
 
-def _corrupt(tok: Tokenizer, path: Path, edit: str) -> None:
-    tok.save(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
+def _corrupt(path: Path, edit: str) -> None:
+    data = json.loads(LEGACY_FILE.read_text(encoding="utf-8"))
     if edit == "format":
         data["format"] = "gpt2"
     elif edit == "missing":
@@ -353,11 +362,11 @@ def _corrupt(tok: Tokenizer, path: Path, edit: str) -> None:
         ("specials", "field 'special_tokens'"),
     ],
 )
-def test_malformed_file_error_names_file_and_fault(
-    tok: Tokenizer, tmp_path: Path, edit: str, message: str
+def test_malformed_legacy_file_error_names_file_and_fault(
+    tmp_path: Path, edit: str, message: str
 ) -> None:
     path = tmp_path / "broken.json"
-    _corrupt(tok, path, edit)
+    _corrupt(path, edit)
     with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + message):
         Tokenizer.load(path)
 

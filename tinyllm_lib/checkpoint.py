@@ -1,10 +1,12 @@
 """Save and load a whole model: the entry points that pick the format on disk.
 
-Today there is one format, a model folder: a Hugging Face Llama checkpoint
-(``config.json`` + ``model.safetensors``, see ``formats.hf_llama``) with our
-``tokenizer.json`` next to it. ``transformers.LlamaForCausalLM.from_pretrained`` loads
-what a reader trains here, and ``load_pretrained`` loads a Llama checkpoint saved by
-``transformers`` (given a ``tokenizer.json`` of ours next to it).
+A model is saved as the folder transformers saves: a Llama checkpoint (``config.json``,
+``model.safetensors``, ``generation_config.json``: ``formats.hf_llama``) with Hugging Face's
+tokenizer files beside it (``tokenizer.json``, ``tokenizer_config.json`` with the chat
+template, ...: ``formats.hf_tokenizer``). So ``AutoTokenizer`` and
+``AutoModelForCausalLM.from_pretrained(folder)`` load what a reader trains here, and
+``load_pretrained`` loads a Llama folder that transformers saved. It also reads llama.cpp's
+GGUF files (``formats.gguf``), SmolLM2-135M-Instruct's by name (``SMOLLM2``).
 
 Saving is atomic: the files are written into a temporary folder next to the target, which
 takes the target's name only when complete. A crash mid-save leaves the old model intact.
@@ -19,11 +21,10 @@ import torch
 from .config import ModelConfig
 from .files import recover_directory, write_directory
 from .formats.gguf import find_smollm2, read_gguf_model
-from .formats.hf_llama import llama_files, read_llama_config, read_llama_model
+from .formats.hf_llama import generation_config, llama_files, read_llama_config, read_llama_model
+from .formats.hf_tokenizer import TOKENIZER_FILE, hf_tokenizer_files
 from .model import TinyLLM, default_device
 from .tokenizer import Tokenizer
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def _check_vocab(tokenizer: Tokenizer, config: ModelConfig, where: str) -> None:
@@ -43,7 +44,11 @@ def save_pretrained(model: TinyLLM, tokenizer: Tokenizer, directory: str | Path)
     """
     target = Path(directory)
     _check_vocab(tokenizer, model.config, f"save_pretrained({target})")
-    files = {**llama_files(model), TOKENIZER_FILE: tokenizer.to_json().encode("utf-8")}
+    files = {
+        **llama_files(model),
+        **generation_config(tokenizer.stop_ids, tokenizer.pad_id, tokenizer.bos_id),
+        **hf_tokenizer_files(tokenizer.vocabulary),
+    }
     write_directory(target, files, keep_others=True)
 
 

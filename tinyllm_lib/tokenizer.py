@@ -40,8 +40,10 @@ ids of every chunk it has seen (an LRU cache) and runs the merge loop only for n
 Other tools' tokenizers: a Hugging Face ``tokenizer.json`` or the tokenizer in a GGUF file
 (SmolLM2's) is byte-level BPE too, with its own ids, merge order, pre-tokenizer regexes and
 specials. ``formats.hf_tokenizer`` reads either into a ``BPEVocabulary`` and the same encoder
-runs it (``Tokenizer.from_hf``, ``Tokenizer.from_gguf``); ``save_hf`` writes any of them,
-ours included, for ``transformers.AutoTokenizer``. Only ``save``/``load`` stay ours alone.
+runs it (``Tokenizer.from_hf``, ``Tokenizer.from_gguf``). Every tokenizer, ours included, is
+saved as Hugging Face's ``tokenizer.json`` (``save``, ``save_hf``), which
+``transformers.AutoTokenizer`` reads; ``load`` still reads the project's older
+``tinyllm-bpe-v1`` files.
 
 Specials never come from plain text: ``encode("<|im_end|>")`` gives ordinary byte-level
 tokens, so a user cannot forge the end of a chat turn. Special ids come only when the caller
@@ -51,7 +53,6 @@ names the special in ``allowed_special``.
 from __future__ import annotations
 
 import heapq
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -64,7 +65,7 @@ from typing import Any, Literal
 
 from .files import read_json, write_atomic
 
-FORMAT = "tinyllm-bpe-v1"
+LEGACY_FORMAT = "tinyllm-bpe-v1"  # what save wrote before it wrote Hugging Face's tokenizer.json
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -179,7 +180,6 @@ class Tokenizer:
             eos_token=ENDOFTEXT,
             pad_token=PAD,
         ))
-        self._own_layout = True
 
     @classmethod
     def from_vocabulary(cls, vocabulary: BPEVocabulary) -> Tokenizer:
@@ -228,7 +228,6 @@ class Tokenizer:
                 f"in [0, {size})"
             )
         self.vocabulary = vocabulary
-        self._own_layout = False
         self.merges: list[tuple[int, int]] = [(a, b) for a, b, _ in vocabulary.merges]
         self.pattern: str | None = (
             vocabulary.split_patterns[0] if len(vocabulary.split_patterns) == 1 else None
@@ -244,10 +243,7 @@ class Tokenizer:
         self._encode_chunk = lru_cache(maxsize=_CHUNK_CACHE_SIZE)(self._merge_chunk)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        """Pickle (e.g. to DataLoader worker processes) without the cache: ours as merges +
-        pattern, another tool's as its vocabulary."""
-        if self._own_layout:
-            return (Tokenizer, (self.merges, self.pattern))
+        """Pickle (e.g. to DataLoader worker processes) as the vocabulary, without the cache."""
         return (Tokenizer.from_vocabulary, (self.vocabulary,))
 
     # ----------------------------------------------------------------- vocabulary
@@ -276,6 +272,14 @@ class Tokenizer:
         if ENDOFTEXT in self._specials:
             return self._specials[ENDOFTEXT]
         return self._declared_id("eos_token")
+
+    @property
+    def bos_id(self) -> int | None:
+        """The declared ``bos_token``'s id (SmolLM2: ``<|im_start|>``), or ``None`` (ours).
+
+        ``encode`` never adds it (the readers refuse ``add_bos_token``); it is kept so that
+        a saved model tells other tools the same (``generation_config.json``)."""
+        return None if self.vocabulary.bos_token is None else self._declared_id("bos_token")
 
     @property
     def im_start_id(self) -> int:
@@ -466,26 +470,15 @@ class Tokenizer:
     # ----------------------------------------------------------------- save / load
 
     def to_json(self) -> str:
-        """The tokenizer as JSON text, one merge per line with the token it makes.
+        """The tokenizer as Hugging Face's ``tokenizer.json`` text, for ours and any other.
 
-        The ``tinyllm-bpe-v1`` format holds the project's own id layout only; a tokenizer
-        read from another tool is written with ``save_hf``.
+        The file alone holds the ids, merges, pre-tokenizer and special tokens; the chat
+        template and the declared special tokens of another tool's tokenizer live in
+        ``tokenizer_config.json``, which ``save_hf`` writes beside it.
         """
-        if not self._own_layout:
-            raise ValueError(
-                f"{FORMAT} holds only a tokenizer trained here (bytes at 0..255, specials at "
-                "256..259); write this one with save_hf(directory)"
-            )
-        merges = ",\n".join(
-            "    " + json.dumps(r, ensure_ascii=False) for r in self._merge_records()
-        )
-        fields = [
-            f'"format": {json.dumps(FORMAT)}',
-            f'"pattern": {json.dumps(self.pattern)}',
-            f'"special_tokens": {json.dumps(SPECIAL_IDS)}',
-            f'"merges": [\n{merges}\n  ]',
-        ]
-        return "{\n  " + ",\n  ".join(fields) + "\n}\n"
+        from .formats.hf_tokenizer import TOKENIZER_FILE, hf_tokenizer_files  # imports this module
+
+        return hf_tokenizer_files(self.vocabulary)[TOKENIZER_FILE].decode("utf-8")
 
     def save(self, path: str | Path) -> None:
         """Write ``to_json()`` to ``path`` atomically."""
@@ -493,12 +486,17 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
-        """Read a file written by ``save``; a malformed file raises ``ValueError`` naming it."""
+        """Read a ``tokenizer.json``: Hugging Face's, as ``save`` writes it (with the
+        ``tokenizer_config.json`` beside it, if any: ``from_hf``), or the project's older
+        ``tinyllm-bpe-v1`` file. A malformed file raises ``ValueError`` naming it."""
         path = Path(path)
-        return _from_json(read_json(path), path)
+        data = read_json(path)
+        if isinstance(data, dict) and "format" in data:
+            return _from_legacy_json(data, path)
+        return cls.from_hf(path)
 
     def save_hf(self, directory: str | Path) -> None:
-        """Write Hugging Face's ``tokenizer.json`` and ``tokenizer_config.json`` into ``directory``.
+        """Write Hugging Face's tokenizer files into ``directory`` (``hf_tokenizer_files``).
 
         ``AutoTokenizer.from_pretrained(directory)`` then gives the same ids as ``encode``
         (for text without special-token strings, which Hugging Face always matches), and
@@ -636,12 +634,15 @@ def _printable(token: bytes) -> str:
     return token.decode("utf-8", errors="backslashreplace")
 
 
-def _from_json(data: Any, path: Path) -> Tokenizer:
-    """Check every field of a loaded file and build the tokenizer, naming what is wrong."""
+def _from_legacy_json(data: Any, path: Path) -> Tokenizer:
+    """A ``tinyllm-bpe-v1`` file (what ``save`` wrote before it wrote Hugging Face's format),
+    every field checked, naming what is wrong."""
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: field 'format' is {data.get('format')!r}, expected {FORMAT!r}")
+    if data.get("format") != LEGACY_FORMAT:
+        raise ValueError(
+            f"{path}: field 'format' is {data.get('format')!r}, expected {LEGACY_FORMAT!r}"
+        )
     for field in ("pattern", "special_tokens", "merges"):
         if field not in data:
             raise ValueError(f"{path}: missing field {field!r}")

@@ -28,6 +28,7 @@ Why each part of the mapping is as it is:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from ..model import TinyLLM
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+GENERATION_FILE = "generation_config.json"
 
 # (ModelConfig field, LlamaConfig field, JSON kind)
 LLAMA_FIELDS: tuple[tuple[str, str, type], ...] = (
@@ -164,6 +166,21 @@ def llama_files(model: TinyLLM) -> dict[str, bytes]:
         CONFIG_FILE: json_bytes(config_to_llama(model.config)),
         WEIGHTS_FILE: safetensors_bytes(_weights_to_save(model), metadata={"format": "pt"}),
     }
+
+
+def generation_config(
+    eos_token_ids: Sequence[int], pad_token_id: int, bos_token_id: int | None = None
+) -> dict[str, bytes]:
+    """``generation_config.json``: the ids transformers' ``generate`` stops at and pads with.
+
+    Several end ids are allowed (a list): a chat reply ends at ``<|im_end|>``, a text at
+    ``<|endoftext|>``, and ``generate`` stops at either as ``tinyllm_lib.generate`` does.
+    No sampling settings: ``generate`` then decodes greedily unless told otherwise.
+    """
+    data: dict[str, Any] = {"eos_token_id": list(eos_token_ids), "pad_token_id": pad_token_id}
+    if bos_token_id is not None:
+        data["bos_token_id"] = bos_token_id
+    return {GENERATION_FILE: json_bytes(data)}
 
 
 def read_llama_config(directory: str | Path) -> ModelConfig:

@@ -83,6 +83,7 @@ from .gguf import gguf_metadata
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
+SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 
 # GPT-2's pre-tokenizer regex (tokenizers' ByteLevel with use_regex=True): English
 # contractions, a letter run, a number run or a symbol run (each with one space before it),
@@ -263,15 +264,24 @@ def vocabulary_from_json(
     token_bytes = _contiguous(by_id, lambda message: model.fail("vocab", message))
     byte_ids = tuple(vocab.get(char) for char in BYTE_CHARS)
     merges = _ranked_merges(_merge_pairs(model), vocab, model.fail)
+    fields = _config_fields(config, template, {**specials, **added})
+    syntax: Literal["re", "regex"] = "regex"
+    # The project's own tokenizer, as hf_tokenizer_files wrote it, reads back as itself:
+    # the same vocabulary as the one saved, with the pattern that re runs (7x faster than
+    # regex runs its classes spelled out) and ChatML rendered by format_chatml.
+    if stages == (portable_pattern(),):
+        stages, syntax = (PRETOKENIZE_PATTERN,), "re"
+    if fields["chat_template"] == CHATML_TEMPLATE:
+        fields["chat_template"] = None
     return BPEVocabulary(
         token_bytes=token_bytes,
         byte_ids=byte_ids,
         merges=merges,
         split_patterns=stages,
-        pattern_syntax="regex",
+        pattern_syntax=syntax,
         special_tokens=specials,
         added_tokens=added,
-        **_config_fields(config, template, {**specials, **added}),
+        **fields,
     )
 
 
@@ -526,24 +536,34 @@ def vocabulary_from_gguf(
 # ------------------------------------------------------------------------ writing
 
 
-def save_hf_tokenizer(vocabulary: BPEVocabulary, directory: str | Path) -> None:
-    """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja``.
+def hf_tokenizer_files(vocabulary: BPEVocabulary) -> dict[str, bytes]:
+    """The files transformers reads a tokenizer from: name -> contents.
 
-    The template goes in both the config (which transformers 4 reads) and its own file
-    (which transformers 5 reads first), so no stale copy can win. The project's own
-    tokenizer gets ``chat.CHATML_TEMPLATE``, which renders what ``format_chatml`` does.
+    ``tokenizer.json`` (the ``tokenizers`` library's whole tokenizer), ``tokenizer_config.json``
+    (the declared special tokens and the chat template, which transformers 4 reads),
+    ``chat_template.jinja`` (the template again, which transformers 5 reads first, so no
+    stale copy can win) and ``special_tokens_map.json`` (the declared tokens alone, for tools
+    that read only it). The project's own tokenizer gets ``chat.CHATML_TEMPLATE``, which
+    renders what ``format_chatml`` does.
     """
-    directory = Path(directory)
     template = vocabulary.chat_template or CHATML_TEMPLATE
-    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
-    for key in DECLARED_TOKENS:
-        if getattr(vocabulary, key) is not None:
-            config[key] = getattr(vocabulary, key)
-    config |= {"add_bos_token": False, "add_eos_token": False,
-               "clean_up_tokenization_spaces": False, "chat_template": template}
-    write_atomic(directory / TOKENIZER_FILE, json_bytes(tokenizer_json(vocabulary), indent=1))
-    write_atomic(directory / CONFIG_FILE, json_bytes(config))
-    write_atomic(directory / TEMPLATE_FILE, template.encode("utf-8"))
+    declared = {key: getattr(vocabulary, key) for key in DECLARED_TOKENS
+                if getattr(vocabulary, key) is not None}
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", **declared,
+                              "add_bos_token": False, "add_eos_token": False,
+                              "clean_up_tokenization_spaces": False, "chat_template": template}
+    return {
+        TOKENIZER_FILE: json_bytes(tokenizer_json(vocabulary), indent=1),
+        CONFIG_FILE: json_bytes(config),
+        TEMPLATE_FILE: template.encode("utf-8"),
+        SPECIAL_TOKENS_FILE: json_bytes(declared),
+    }
+
+
+def save_hf_tokenizer(vocabulary: BPEVocabulary, directory: str | Path) -> None:
+    """Write ``hf_tokenizer_files`` into ``directory``, each file atomically."""
+    for name, data in hf_tokenizer_files(vocabulary).items():
+        write_atomic(Path(directory) / name, data)
 
 
 def tokenizer_json(vocabulary: BPEVocabulary) -> dict[str, Any]:
