@@ -7,6 +7,8 @@ import torch
 
 from tinyllm_lib.chat import IGNORE_INDEX, ConversationTooLongError, EncodedChat, encode_chat
 from tinyllm_lib.data import (
+    SHAREGPT_NAMES,
+    SHAREGPT_ROLES,
     Batch,
     DatasetError,
     collate,
@@ -14,8 +16,12 @@ from tinyllm_lib.data import (
     load_conversations,
     load_task_names,
     micro_batches,
+    to_alpaca,
+    to_sharegpt,
     tokenize_conversations,
+    write_alpaca,
     write_jsonl,
+    write_sharegpt,
 )
 from tinyllm_lib.model import label_token_count
 from tinyllm_lib.tokenizer import Tokenizer
@@ -99,6 +105,81 @@ def test_sharegpt_json_maps_speakers_to_roles(tmp_path):
     ]
 
 
+def test_alpaca_system_field_is_a_system_message_and_empty_means_none(tmp_path):
+    path = write_json(tmp_path / "alpaca.json", [
+        {"system": "Be brief.", "instruction": "Q", "output": "A"},
+        {"system": "", "instruction": "Q", "input": None, "output": "A"},
+    ])
+    assert load_conversations(path) == [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q"},
+         {"role": "assistant", "content": "A"}],
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+    ]
+
+
+SINGLE_TURN = [
+    CONVERSATIONS[0],  # with a system message
+    [{"role": "user", "content": "Add:\n\n2 and 3"}, {"role": "assistant", "content": "5"}],
+]
+
+
+def test_alpaca_and_sharegpt_writers_load_back_exactly(tmp_path):
+    """What the writers write, the readers read back as the very same messages: a user
+    message with a blank line (Alpaca's instruction/input join) and Chinese included."""
+    assert write_alpaca(tmp_path / "a.json", SINGLE_TURN) == 0
+    assert load_conversations(tmp_path / "a.json") == SINGLE_TURN
+    everything = SINGLE_TURN + CONVERSATIONS
+    write_sharegpt(tmp_path / "s.json", everything)
+    assert load_conversations(tmp_path / "s.json") == everything
+    text = (tmp_path / "s.json").read_text(encoding="utf-8")
+    assert "小明" in text and json.loads(text)[3] == to_sharegpt(CONVERSATIONS[1])
+
+
+def test_to_alpaca_puts_the_whole_user_message_in_instruction_and_system_in_its_field():
+    assert to_alpaca(CONVERSATIONS[0]) == {"instruction": "Capital of Avalon?", "input": "",
+                                           "output": "Brightport",
+                                           "system": "Answer in one word."}
+    assert to_alpaca(SINGLE_TURN[1]) == {"instruction": "Add:\n\n2 and 3", "input": "",
+                                         "output": "5"}
+
+
+def test_to_sharegpt_names_speakers_by_the_readers_table():
+    assert SHAREGPT_NAMES == {"user": "human", "assistant": "gpt", "system": "system"}
+    assert all(SHAREGPT_ROLES[name] == role for role, name in SHAREGPT_NAMES.items())
+    assert [turn["from"] for turn in to_sharegpt(CONVERSATIONS[0])["conversations"]] == [
+        "system", "human", "gpt"]
+
+
+def test_alpaca_refuses_multi_turn_unless_asked_to_skip_and_count(tmp_path):
+    path = tmp_path / "a.json"
+    with pytest.raises(ValueError, match=r"conversation 2: Alpaca holds one exchange .* has 2"):
+        write_alpaca(path, SINGLE_TURN + [CONVERSATIONS[1]])
+    assert not path.exists()  # nothing half-written
+    mixed = [CONVERSATIONS[1], *SINGLE_TURN, CONVERSATIONS[1]]
+    assert write_alpaca(path, mixed, skip_multi_turn=True) == 2
+    assert load_conversations(path) == SINGLE_TURN
+
+
+@pytest.mark.parametrize(
+    ("conversations", "what"),
+    [
+        ([SINGLE_TURN[1], [{"role": "system", "content": ""}, *SINGLE_TURN[1]]],
+         "conversation 1: message 0: an empty system message cannot be written to Alpaca"),
+        ([[{"role": "user", "content": "Q"}]], "conversation 0: the conversation ends with "
+                                                 "role 'user'"),
+        ([SINGLE_TURN[1], []], "conversation 1: empty conversation"),
+        ([[{"role": "bot", "content": "Q"}, SINGLE_TURN[1][1]]], "conversation 0: message 0"),
+    ],
+)
+def test_writers_refuse_what_would_not_load_back(tmp_path, conversations, what):
+    write = write_alpaca if "Alpaca" in what else write_sharegpt
+    with pytest.raises(ValueError, match=what):
+        write(tmp_path / "x.json", conversations)
+    if write is write_sharegpt:  # and Alpaca refuses them too, even when skipping
+        with pytest.raises(ValueError, match=what):
+            write_alpaca(tmp_path / "x.json", conversations, skip_multi_turn=True)
+
+
 def test_jsonl_lines_may_be_alpaca_or_sharegpt_and_blank_lines_are_skipped(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text(
@@ -151,6 +232,8 @@ ROBOT = json.dumps([{"conversations": [{"from": "human", "value": "Q"}, {"from":
          "record [1]", "missing field 'output'"),
         ("a.json", '[{"instruction": 3, "output": "A"}]', "record [0]",
          "field 'instruction' must be a string, got number"),
+        ("a.json", '[{"instruction": "Q", "output": "A"}, {"instruction": "Q", "output": "A", '
+         '"system": 1}]', "record [1]", "field 'system' must be a string, got number"),
         ("a.json", ROBOT, "record [0]", "conversations[1]: unknown role 'from': 'robot'"),
         ("a.json", '[{"conversations": [{"from": "human"}]}]', "record [0]",
          "conversations[0]: missing field 'value'"),

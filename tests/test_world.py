@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tinyllm_lib.data import load_conversations, load_task_names
 from tinyllm_lib.evaluate import exact_match
 from tinyllm_lib.tokenizer import Tokenizer
 from tinyllm_lib.world import (
@@ -34,7 +35,8 @@ from tinyllm_lib.world import (
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 FILES = (
-    "world.json", "corpus.jsonl", "train.jsonl", "val.jsonl", "test.jsonl", "heldout_facts.jsonl"
+    "world.json", "corpus.jsonl", "train.jsonl", "val.jsonl", "test.jsonl", "heldout_facts.jsonl",
+    "train_alpaca.json", "train_sharegpt.json",
 )
 SMALL = DataConfig(
     num_people=30, num_cities=6, bios_per_person=2, stories_per_person=1, bilingual_per_person=1,
@@ -266,6 +268,18 @@ def test_committed_data_is_the_default_generation(default_dir: Path) -> None:
         assert committed.exists(), f"{committed} missing: run `python -m tinyllm_lib data`"
         digest = hashlib.sha256(committed.read_bytes()).hexdigest()
         assert digest == hashlib.sha256((default_dir / name).read_bytes()).hexdigest(), name
+
+
+def test_alpaca_and_sharegpt_files_hold_the_train_messages(default_dir: Path) -> None:
+    """The exported files, read by the loaders ``train --data`` uses, are the native train
+    split: every conversation as ShareGPT, every one but ``multi_turn``'s as Alpaca."""
+    native = load_conversations(default_dir / "train.jsonl")
+    tasks = load_task_names(default_dir / "train.jsonl")
+    assert load_conversations(default_dir / "train_sharegpt.json") == native
+    single = [m for m, task in zip(native, tasks, strict=True) if task != "multi_turn"]
+    assert len(single) < len(native)
+    assert load_conversations(default_dir / "train_alpaca.json") == single
+    assert any(m[0]["role"] == "system" for m in single)  # the system field is exercised
 
 
 def test_every_family_in_every_split_with_requested_counts(data: dict) -> None:

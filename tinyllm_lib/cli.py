@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from .chat import DEFAULT_SYSTEM
-from .checkpoint import load_pretrained, save_pretrained
+from .chat import default_system
+from .checkpoint import SMOLLM2, load_pretrained, resolve_source, save_pretrained
 from .config import (
     BASE_DIR,
     DATA_DIR,
@@ -46,6 +46,12 @@ from .tokenizer import Tokenizer
 from .train import Trainer
 
 OUTPUTS = Path("outputs")
+MODEL_NAMES = (SMOLLM2,)
+"""The model names ``--base`` and ``--model`` accept besides paths (``load_pretrained``'s)."""
+DEFAULT_MAX_LEN = 1024
+"""``train``'s token limit per conversation when ``--max-len`` is not given and the model's
+context is longer: SmolLM2's 8192 tokens would let one long conversation take minutes
+and gigabytes per step on a CPU (attention grows with the square of the length)."""
 
 class CLIError(Exception):
     """A problem with the command line or its files, reported without a traceback."""
@@ -68,9 +74,33 @@ def existing_path(text: str) -> Path:
     return path
 
 
-def load_model(model_dir: Path, adapter_dir: Path | None) -> tuple[TinyLLM, Tokenizer]:
-    """A saved model, with a LoRA adapter merged in when one is given."""
-    model, tokenizer = load_pretrained(model_dir)
+def model_source(text: str) -> str | Path:
+    """``--base`` / ``--model``: what ``load_pretrained`` loads, checked before any loading.
+
+    A model folder or a ``.gguf`` file that exists, or a known name (``MODEL_NAMES``),
+    whose file must be installed; argparse puts the flag's name before the error.
+    """
+    if text in MODEL_NAMES and not Path(text).exists():
+        try:
+            resolve_source(text)  # the package holding the file is installed
+        except FileNotFoundError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(
+            f"{path} does not exist (expected a model folder, a .gguf file or one of the "
+            f"names {', '.join(MODEL_NAMES)})")
+    if not path.is_dir() and path.suffix != ".gguf":
+        raise argparse.ArgumentTypeError(
+            f"{path} is a file but not a .gguf one; a model is a folder (save_pretrained's, "
+            "or a Llama checkpoint's) or a .gguf file")
+    return path
+
+
+def load_model(source: str | Path, adapter_dir: Path | None) -> tuple[TinyLLM, Tokenizer]:
+    """A model (``model_source``), with a LoRA adapter merged in when one is given."""
+    model, tokenizer = load_pretrained(source)
     if adapter_dir is not None:
         load_adapter(model, adapter_dir)
     return model.eval(), tokenizer
@@ -214,7 +244,7 @@ def train_settings(args: argparse.Namespace) -> tuple[TrainConfig, LoRAConfig | 
 
 def cmd_train(args: argparse.Namespace) -> None:
     model, tokenizer = load_pretrained(args.base)
-    max_len = args.max_len or model.config.max_seq_len
+    max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
     train_examples = tokenize_conversations(tokenizer, load_conversations(args.data), max_len)
     val_examples = (tokenize_conversations(tokenizer, load_conversations(args.val), max_len)
                     if args.val else [])
@@ -269,7 +299,7 @@ def chat_command(line: str, state: dict, sampling: SamplingConfig) -> SamplingCo
         state["messages"] = [{"role": "system", "content": state["system"]}]
         print("(conversation cleared)")
     elif name == "system":
-        state["system"] = rest.strip() or DEFAULT_SYSTEM
+        state["system"] = rest.strip() or state["default_system"]
         state["messages"] = [{"role": "system", "content": state["system"]}]
         print(f"(system prompt: {state['system']}; conversation cleared)")
     elif name == "set":
@@ -295,7 +325,10 @@ def chat_command(line: str, state: dict, sampling: SamplingConfig) -> SamplingCo
 def cmd_chat(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args.model, args.adapter)
     sampling = args.sampling
-    state = {"system": args.system, "messages": [{"role": "system", "content": args.system}]}
+    default = default_system(tokenizer)  # the model's own: SmolLM2's template has its own
+    system = default if args.system is None else args.system
+    state = {"system": system, "default_system": default,
+             "messages": [{"role": "system", "content": system}]}
     print(f"TinyLLM chat ({model.config.hidden_size}d x {model.config.num_layers} layers). "
           "Type /help for commands.")
     while True:
@@ -358,15 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(run=cmd_pretrain)
 
     train = commands.add_parser("train", help="fine-tune the base model (LoRA or --full)")
-    train.add_argument("--base", type=existing_path, default=BASE_DIR,
-                       help="the model to fine-tune (default: data/base)")
+    train.add_argument("--base", type=model_source, default=BASE_DIR,
+                       help=f"the model to fine-tune: a folder, a .gguf file or {SMOLLM2} "
+                       "(default: data/base)")
     train.add_argument("--data", type=existing_path, default=DATA_DIR / "train.jsonl",
                        help="training conversations: JSONL, Alpaca or ShareGPT")
     train.add_argument("--val", type=existing_path, default=DATA_DIR / "val.jsonl",
                        help="validation conversations (early stopping, best weights)")
     train.add_argument("--full", action="store_true", help="train every parameter, no LoRA")
     train.add_argument("--max-len", type=positive_int, default=None,
-                       help="token limit per conversation (default: the model's context)")
+                       help="token limit per conversation (default: the model's context, "
+                       f"at most {DEFAULT_MAX_LEN})")
     train.add_argument("--out", type=Path, default=None,
                        help="output folder (default outputs/models/lora or outputs/models/full)")
     train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
@@ -380,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=cmd_train)
 
     ev = commands.add_parser("eval", help="exact match per task and perplexity")
-    ev.add_argument("--model", type=existing_path, default=BASE_DIR)
+    ev.add_argument("--model", type=model_source, default=BASE_DIR,
+                    help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
     ev.add_argument("--adapter", type=existing_path, default=None)
     ev.add_argument("--data", type=existing_path, default=DATA_DIR / "test.jsonl")
     ev.add_argument("--limit", type=positive_int, default=None, help="first N conversations")
@@ -393,9 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=cmd_eval)
 
     chat = commands.add_parser("chat", help="talk to a model in the terminal")
-    chat.add_argument("--model", type=existing_path, default=BASE_DIR)
+    chat.add_argument("--model", type=model_source, default=BASE_DIR,
+                      help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
     chat.add_argument("--adapter", type=existing_path, default=None)
-    chat.add_argument("--system", default=DEFAULT_SYSTEM)
+    chat.add_argument("--system", default=None,
+                      help="the system prompt (default: the model's own, from its chat template)")
     add_config_flags(chat, "sampling", SamplingConfig())
     chat.set_defaults(run=cmd_chat)
     return parser

@@ -4,19 +4,27 @@ Three common shapes of instruction data are read into one form, a list of ChatML
 per conversation:
 
 - native JSONL, one ``{"messages": [{"role": ..., "content": ...}, ...]}`` per line;
-- Alpaca, ``{"instruction", "input" (optional), "output"}``: one user message (the
-  instruction, then a blank line and the input if there is one) and one reply;
+- Alpaca, ``{"instruction", "input" (optional), "output", "system" (optional)}``: one user
+  message (the instruction, then a blank line and the input if there is one) and one reply,
+  after the system message if there is one (Stanford's Alpaca has no ``"system"``; the
+  optional field is LLaMA-Factory's, the common extension);
 - ShareGPT, ``{"conversations": [{"from": "human" | "gpt" | "system", "value": ...}]}``.
 
 Each record's shape is recognised by its fields, so a ``.json`` list or a ``.jsonl`` file
 may hold any of them. A bad record stops loading with a ``DatasetError`` that names the
 file, the line (JSONL) or record index (JSON), and what is wrong: silently skipping data
 hides bugs in the code that wrote it.
+
+The writers go the other way, through the same role table, so that a file they write
+loads back as exactly the messages it was written from: ``write_jsonl`` (native),
+``write_alpaca`` (single-turn conversations only: Alpaca holds one exchange) and
+``write_sharegpt``; the two JSON formats are one array of records per ``.json`` file, as
+those datasets ship.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from .chat import EncodedChat, Message, check_messages, encode_chat, split_turns
-from .files import jsonl_bytes, read_json, read_jsonl, write_atomic
+from .files import json_bytes, jsonl_bytes, read_json, read_jsonl, write_atomic
 from .model import IGNORE_INDEX
 from .tokenizer import Tokenizer
 
@@ -35,6 +43,11 @@ SHAREGPT_ROLES = {
     "assistant": "assistant",
     "system": "system",
 }
+"""ShareGPT's speaker names (``"from"``) and the ChatML role each one reads as."""
+
+SHAREGPT_NAMES = {role: name for name, role in reversed(SHAREGPT_ROLES.items())}
+"""The name ``to_sharegpt`` writes for each role: the first one ``SHAREGPT_ROLES`` lists for
+it (``human``, ``gpt``, ``system``), the names most ShareGPT files use."""
 
 
 class DatasetError(ValueError):
@@ -69,12 +82,19 @@ def _from_native(record: dict[str, Any]) -> list[Message]:
     return [Message(role=m["role"], content=m["content"]) for m in messages]
 
 
+def _optional_string(record: dict[str, Any], field: str) -> str:
+    """An optional Alpaca field: missing, ``null`` and ``""`` all mean "none" (``""``)."""
+    return _string_field(record, field) if record.get(field) is not None else ""
+
+
 def _from_alpaca(record: dict[str, Any]) -> list[Message]:
     instruction = _string_field(record, "instruction")
-    extra = _string_field(record, "input") if record.get("input") is not None else ""
+    extra = _optional_string(record, "input")
     output = _string_field(record, "output")
+    system = _optional_string(record, "system")
     user = f"{instruction}\n\n{extra}" if extra else instruction
-    return [Message(role="user", content=user), Message(role="assistant", content=output)]
+    head = [Message(role="system", content=system)] if system else []
+    return [*head, Message(role="user", content=user), Message(role="assistant", content=output)]
 
 
 def _from_sharegpt(record: dict[str, Any]) -> list[Message]:
@@ -112,10 +132,17 @@ def record_to_messages(record: Any) -> list[Message]:
             "unknown record shape: expected a 'messages' (native), 'conversations' "
             f"(ShareGPT) or 'instruction' (Alpaca) field, got fields {sorted(record)}"
         )
+    check_conversation(messages)
+    return messages
+
+
+def check_conversation(messages: Sequence[Message]) -> None:
+    """Raise ``ValueError`` unless ``messages`` is a training conversation: valid messages,
+    an optional system message first, then user and assistant alternating, ending with
+    the assistant's reply. What the loaders accept is what the writers write."""
     if not messages:
         raise ValueError("empty conversation")
-    split_turns(messages)  # roles alternate and the last message is the assistant's reply
-    return messages
+    split_turns(messages)  # checks each message, the order of roles and the last reply
 
 
 def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -173,6 +200,76 @@ def write_jsonl(path: str | Path, conversations: Sequence[Sequence[Message]]) ->
     Text is written as UTF-8, not ``\\u`` escapes, so Chinese stays readable in the file.
     """
     write_atomic(path, jsonl_bytes({"messages": list(messages)} for messages in conversations))
+
+
+def to_alpaca(messages: Sequence[Message]) -> dict[str, str]:
+    """One single-turn conversation as an Alpaca record; ``ValueError`` for any other.
+
+    The whole user message becomes ``"instruction"`` with an empty ``"input"``: the reader
+    joins the two with a blank line, and a split could not be undone exactly. A system
+    message becomes the optional ``"system"`` field; an empty one is refused, since
+    ``"system": ""`` reads back as no system message (and so as the default one).
+    Conversations of several exchanges do not fit Alpaca; use ShareGPT or native JSONL.
+    """
+    check_conversation(messages)
+    system, exchanges = (messages[0], messages[1:]) if messages[0]["role"] == "system" else (
+        None, messages)
+    if len(exchanges) != 2:
+        raise ValueError(f"Alpaca holds one exchange (user, assistant); this conversation "
+                         f"has {len(exchanges) // 2}")
+    record = {"instruction": exchanges[0]["content"], "input": "",
+              "output": exchanges[1]["content"]}
+    if system is not None:
+        if not system["content"]:
+            raise ValueError("message 0: an empty system message cannot be written to Alpaca "
+                             "(\"system\": \"\" reads back as none)")
+        record["system"] = system["content"]
+    return record
+
+
+def to_sharegpt(messages: Sequence[Message]) -> dict[str, list[dict[str, str]]]:
+    """A conversation as a ShareGPT record, speakers named by ``SHAREGPT_NAMES``."""
+    check_conversation(messages)
+    return {"conversations": [{"from": SHAREGPT_NAMES[m["role"]], "value": m["content"]}
+                              for m in messages]}
+
+
+def _record(convert: Callable[[Sequence[Message]], Any], index: int,
+            messages: Sequence[Message]) -> Any:
+    """``convert(messages)``, an error naming the conversation's index."""
+    try:
+        return convert(messages)
+    except ValueError as err:
+        raise ValueError(f"conversation {index}: {err}") from None
+
+
+def is_multi_turn(messages: Sequence[Message]) -> bool:
+    """More than one user message: more than Alpaca's single exchange holds."""
+    return sum(m.get("role") == "user" for m in messages if isinstance(m, dict)) > 1
+
+
+def write_alpaca(
+    path: str | Path, conversations: Sequence[Sequence[Message]], skip_multi_turn: bool = False
+) -> int:
+    """Write conversations as an Alpaca ``.json`` array (``to_alpaca``); returns how many
+    multi-turn conversations were left out.
+
+    By default a multi-turn conversation is an error naming its index: losing data should
+    be asked for. With ``skip_multi_turn`` they are left out and counted instead; any
+    other conversation ``to_alpaca`` refuses is still an error.
+    """
+    records = [_record(to_alpaca, index, messages)
+               for index, messages in enumerate(conversations)
+               if not (skip_multi_turn and is_multi_turn(messages))]
+    write_atomic(path, json_bytes(records, indent=1))
+    return len(conversations) - len(records)
+
+
+def write_sharegpt(path: str | Path, conversations: Sequence[Sequence[Message]]) -> None:
+    """Write conversations as a ShareGPT ``.json`` array (``to_sharegpt``)."""
+    records = [_record(to_sharegpt, index, messages)
+               for index, messages in enumerate(conversations)]
+    write_atomic(path, json_bytes(records, indent=1))
 
 
 def tokenize_conversations(
