@@ -549,8 +549,9 @@ def gguf_pre_name(vocabulary: BPEVocabulary) -> str:
     chunk for GPT-2, one chunk per character for us; ``"ab中"`` is one GPT-2 chunk), llama.cpp
     still gives our ids, since no merge of ours spans one of our cuts (training never saw
     such a chunk). Where it cuts *finer* it may not: GPT-2 splits off English contractions
-    first, so ``"'really"`` is ``'re`` + ``ally`` for llama.cpp but ``'`` + ``really`` for
-    us; and Python's ``re`` and llama.cpp's Unicode classes disagree on a few characters
+    first, so ``"'the"`` is ``'t`` + ``he`` for llama.cpp but ``'`` + ``the`` for us (other
+    ids: the test measures it on the shipped base); and Python's ``re`` and llama.cpp's
+    Unicode classes disagree on a few characters
     (``"²"`` is a letter to ``re``'s ``\\w``, a number to ``\\p{N}``). So llama.cpp
     tokenizes nearly, not exactly, as we do; ``OWN_PATTERN_KEY`` records the exact
     pattern, which our own reader runs.
