@@ -96,7 +96,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one
     (``atomic_path``)."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        _write_synced(tmp, data)  # synced already, so atomic_path's own fsync finds nothing
 
 
 def json_bytes(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> bytes:
