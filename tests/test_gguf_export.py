@@ -175,7 +175,10 @@ def test_base_f32_reads_back_bit_identically_here_and_in_transformers(base, base
         assert torch.equal(logits(read, x), logits(model, x))
         worst = max(worst, (logits(theirs, x) - logits(model, x)).abs().max().item())
     print(f"base f32: transformers' logits within {worst:.2e} of ours")
-    assert worst < 1e-5
+    # The weights are bit-identical; what is left is float32 summation order (PyTorch's
+    # attention kernels against ours), which grows with the length: 1e-5 at 50 tokens,
+    # 3.1e-5 at 256 when measured.
+    assert worst < 5e-5
 
 
 @pytest.mark.parametrize("dtype, kind, file_type, bound", [
