@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,24 +62,41 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; it becomes ``path`` only when complete.
 
-    The bytes go to a temporary file in the same folder (``os.replace`` is atomic only
-    within one file system), which then takes the final name in a single step.
+    For writers that open the file themselves (``gguf.GGUFWriter`` streams hundreds of
+    megabytes, too many to hold as one ``bytes``): write to the path this yields; when
+    the ``with`` block ends normally the file is ``fsync``'d and renamed over ``path``
+    (a rename is atomic within one file system, hence "beside"); when it raises, the
+    temporary file is deleted and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    tmp = Path(name)
     try:
         os.chmod(tmp, _new_file_mode())  # mkstemp's 0o600 would hide the file from others
-        _write_synced(Path(tmp), data)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one
+    (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        _write_synced(tmp, data)  # synced already, so atomic_path's own fsync finds nothing
 
 
 def json_bytes(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> bytes:

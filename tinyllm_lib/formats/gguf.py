@@ -50,7 +50,15 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from ..config import ModelConfig, config_from_dict, config_to_dict
-from ..files import checked_field, json_bytes, load_checked_tensors, read_json_object, write_atomic
+from ..files import (
+    atomic_path,
+    checked_field,
+    json_bytes,
+    load_checked_tensors,
+    read_json_object,
+    write_atomic,
+)
+from ..lora import lora_layers, merged_state_dict
 from ..model import TinyLLM, rope_tables
 from .hf_llama import config_from_fields
 
@@ -568,3 +576,170 @@ def read_gguf_model(path: str | Path, cache_dir: str | Path | None = CACHE_DIR) 
         if not metadata_entry.is_file():
             _cache_metadata(metadata_entry, source, metadata)
     return model
+
+
+# ------------------------------------------------------------------------------- writing
+#
+# The reader's four translations, run backwards: config to metadata (from the same
+# ``GGUF_FIELDS``), Llama's names to llama.cpp's (``gguf_tensor_name``), Hugging Face's
+# query/key row order to llama.cpp's (``rope_permutation``), floats to the file's element
+# type (``quantize_q8_0``). The tokenizer's keys come from ``formats.hf_tokenizer``.
+
+GGUF_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
+    "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+"""``write_gguf``'s ``dtype``: the element type of the matrices, and ``general.file_type``,
+the number llama.cpp's tools use to say "mostly this type"."""
+
+
+def quantize_q8_0(values: np.ndarray) -> np.ndarray:
+    """float values (rows a multiple of 32 long) to Q8_0 blocks, bytes shaped ``[..., n]``.
+
+    The inverse of ``dequantize_q8_0``'s layout, computed as ggml's reference quantizer
+    (``quantize_row_q8_0_ref``) computes it, so the bytes are the same: per block of 32,
+    ``d = max|x| / 127`` in float32; the codes are ``x * (1/d)`` (a multiplication by the
+    reciprocal, which rounds differently from ``x / d``) rounded half away from zero, as
+    C's ``roundf`` does (numpy's ``round`` rounds half to even); ``d`` is stored as
+    float16. An all-zero block gets ``d = 0`` and codes 0. The error per weight is at most
+    half a step, ``d / 2``, plus the float16 rounding of ``d``.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape[-1] % QK:
+        raise ValueError(f"rows of {values.shape[-1]} are not whole Q8_0 blocks of {QK}")
+    blocks = values.reshape(-1, QK)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    scaled = blocks * inverse
+    magnitude = np.abs(scaled)
+    whole = np.floor(magnitude)
+    codes = np.sign(scaled) * (whole + (magnitude - whole >= 0.5))  # roundf
+    out = np.empty(len(blocks), Q8_0_BLOCK)
+    out["d"] = d[:, 0].astype(np.float16)
+    out["qs"] = codes.astype(np.int8)
+    return out.view(np.uint8).reshape(*values.shape[:-1], -1)
+
+
+GGUF_NAMES = {ours: theirs for theirs, ours in (*GLOBAL_TENSORS.items(), *BLOCK_TENSORS.items())}
+"""Llama's module path -> llama.cpp's tensor stem: ``GLOBAL_TENSORS`` and ``BLOCK_TENSORS``
+read the other way."""
+
+
+def gguf_tensor_name(name: str) -> str:
+    """llama.cpp's name for the Llama weight ``name``: the inverse of ``llama_tensor_name``
+    (``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``)."""
+    stem = name.removesuffix(".weight")
+    layer, _, part = stem.removeprefix("model.layers.").partition(".")
+    if stem.startswith("model.layers.") and layer.isdigit() and part in GGUF_NAMES:
+        return f"blk.{int(layer)}.{GGUF_NAMES[part]}.weight"
+    if name.endswith(".weight") and stem in GGUF_NAMES:
+        return f"{GGUF_NAMES[stem]}.weight"
+    raise ValueError(f"{name}: not a weight of a Llama model")
+
+
+def rope_permutation(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Hugging Face's rows of ``q_proj`` / ``k_proj`` in llama.cpp's order, as its converter
+    writes them: row ``h * head_dim/2 + i`` becomes row ``2i + h`` within each head. The
+    inverse of ``undo_rope_permutation`` (which explains why): ``[heads, 2, half, in]``
+    with the middle axes swapped."""
+    rows, columns = weight.shape
+    half = rows // heads // 2
+    return weight.reshape(heads, 2, half, columns).swapaxes(1, 2).reshape(rows, columns)
+
+
+def gguf_config_metadata(config: ModelConfig) -> dict[str, int | float]:
+    """The ``llama.*`` keys for ``config``: every ``GGUF_FIELDS`` key, with the value the
+    model actually uses (``kv_heads``, ``mlp_size`` where the config says ``None``), and
+    ``rope.dimension_count``, which llama.cpp's converter writes and ``config_from_gguf``
+    checks (``HEAD_DIM_KEYS``). Floats are stored as float32, as llama.cpp stores them."""
+    used = {"num_kv_heads": config.kv_heads, "intermediate_size": config.mlp_size}
+    metadata: dict[str, int | float] = {
+        f"llama.{key}": kind(used.get(ours, getattr(config, ours)))
+        for ours, key, kind in GGUF_FIELDS
+    }
+    metadata[f"llama.{HEAD_DIM_KEYS[0]}"] = config.head_dim
+    return metadata
+
+
+def _add_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
+    """One metadata key, its GGUF type chosen from the Python value: the types llama.cpp's
+    converter uses (uint32 counts and ids, float32, bool, string, arrays)."""
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    else:
+        writer.add_array(key, list(value))  # strings, or int32 (gguf picks by element type)
+
+
+def _exported_tensor(
+    name: str, weight: torch.Tensor, config: ModelConfig, dtype: str
+) -> tuple[str, np.ndarray, gguf.GGMLQuantizationType]:
+    """One weight as the file stores it: its name, its bytes (or floats) and their type.
+
+    As llama.cpp's converter does: 1-D tensors (the norms) stay float32, whatever
+    ``dtype`` (they are tiny, and each is multiplied into every token); a matrix whose
+    rows are not whole Q8_0 blocks falls back to float16.
+    """
+    values = weight.detach().to("cpu", torch.float32).numpy()
+    if name.endswith("q_proj.weight"):
+        values = rope_permutation(values, config.num_heads)
+    elif name.endswith("k_proj.weight"):
+        values = rope_permutation(values, config.kv_heads)
+    kind = GGUF_TYPES[dtype][0] if values.ndim > 1 else gguf.GGMLQuantizationType.F32
+    if kind == gguf.GGMLQuantizationType.Q8_0 and values.shape[-1] % QK:
+        kind = gguf.GGMLQuantizationType.F16
+    if kind == gguf.GGMLQuantizationType.Q8_0:
+        data = quantize_q8_0(values)
+    else:
+        data = values.astype(np.float16 if kind == gguf.GGMLQuantizationType.F16 else np.float32)
+    return gguf_tensor_name(name), np.ascontiguousarray(data), kind
+
+
+def write_gguf(model: TinyLLM, tokenizer: Any, path: str | Path, dtype: str = "f16") -> Path:
+    """Write ``model`` and ``tokenizer`` (a ``Tokenizer``) as one GGUF file llama.cpp runs.
+
+    ``dtype`` is the matrices' type: ``"f32"`` (exact), ``"f16"`` (half the size; what
+    llama.cpp's converter writes by default), ``"q8_0"`` (about a quarter, 8.5 bits a
+    weight). Weights go under llama.cpp's names, q/k rows in its order, norms float32, and
+    a tied head is left out: llama.cpp then scores with the embedding, as ``read_gguf_model``
+    does. A LoRA model must be merged first (``merge_lora``): llama.cpp has no LoRA layers
+    in a model file. The file appears at ``path`` only when complete (``atomic_path``).
+    """
+    from .hf_tokenizer import gguf_tokenizer_metadata  # it imports this module
+
+    if dtype not in GGUF_TYPES:
+        raise ValueError(f"write_gguf: dtype {dtype!r} is not one of {sorted(GGUF_TYPES)}")
+    unmerged = [name for name, layer in lora_layers(model) if not layer.merged]
+    if unmerged:
+        raise ValueError(f"write_gguf: {unmerged[0]} has a LoRA update that is not merged "
+                         f"({len(unmerged)} layers); call merge_lora first")
+    config = model.config
+    metadata = {
+        **gguf_config_metadata(config),
+        "general.file_type": int(GGUF_TYPES[dtype][1]),
+        "general.quantization_version": gguf.GGML_QUANT_VERSION,
+        **gguf_tokenizer_metadata(tokenizer.vocabulary, config.vocab_size),
+    }
+    weights = merged_state_dict(model)  # plain Llama names; merged layers give W + BA
+    if config.tie_embeddings:
+        del weights["lm_head.weight"]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(tmp, "llama")
+        for key, value in metadata.items():
+            _add_value(writer, key, value)
+        for name, weight in weights.items():
+            theirs, data, kind = _exported_tensor(name, weight, config, dtype)
+            writer.add_tensor(theirs, data, raw_dtype=kind)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return path

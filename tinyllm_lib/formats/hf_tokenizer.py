@@ -99,7 +99,15 @@ GGUF_PRE_TOKENIZERS: dict[str, dict[str, tuple[str, ...]]] = {
     "llama.cpp": {"gpt2": (GPT2_SPLIT,), "smollm": (DIGITS_ALONE, GPT2_SPLIT)},
 }
 GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # llama.cpp's token types that become added tokens
+GGUF_NORMAL, GGUF_UNUSED = 1, 5  # an ordinary token; a row of the embedding with no token
 DECLARED_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
+# Each declared token's id key in GGUF: tokenizer.ggml.{bos,eos,unknown,padding}_token_id.
+GGUF_DECLARED = dict(zip(DECLARED_TOKENS, ("bos", "eos", "unknown", "padding"), strict=True))
+OWN_PATTERN_KEY = "tokenizer.tinyllm.pretokenize_pattern"
+"""Our own key: the project's pre-tokenizer regex (``PRETOKENIZE_PATTERN``), which llama.cpp
+has no name for. ``write_gguf`` stores it beside ``tokenizer.ggml.pre = OWN_PATTERN_PRE``;
+llama.cpp and transformers ignore keys they do not know (see ``gguf_tokenizer_metadata``)."""
+OWN_PATTERN_PRE = "smollm"
 _REQUIRED = object()
 
 
@@ -479,6 +487,13 @@ def vocabulary_from_gguf(
     known = GGUF_PRE_TOKENIZERS[pre_tokenizer]
     if pre not in known:
         raise meta.fail("tokenizer.ggml.pre", f"is {pre!r}: read here are {sorted(known)}")
+    stages, syntax = known[pre], "regex"
+    own = meta.string(OWN_PATTERN_KEY, None)
+    if own is not None and pre_tokenizer == "llama.cpp":  # the ids the model was trained on
+        if own != PRETOKENIZE_PATTERN:
+            raise meta.fail(OWN_PATTERN_KEY, "is not this version's PRETOKENIZE_PATTERN: only "
+                                             "the project's own pattern is run from a file")
+        stages, syntax = (PRETOKENIZE_PATTERN,), "re"
     for key in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
                 "tokenizer.ggml.add_space_prefix"):
         if meta.flag(key, False):
@@ -512,7 +527,7 @@ def vocabulary_from_gguf(
         pairs.append((parts[0], parts[1]))
     merges = _ranked_merges(pairs, vocab, meta.fail, "tokenizer.ggml.merges")
     declared = {}
-    for name, key in zip(DECLARED_TOKENS, ("bos", "eos", "unknown", "padding"), strict=True):
+    for name, key in GGUF_DECLARED.items():
         token_id = meta.integer(f"tokenizer.ggml.{key}_token_id", None, minimum=0)
         if token_id is not None and token_id >= len(tokens):
             raise meta.fail(f"tokenizer.ggml.{key}_token_id", f"is {token_id}, past the "
@@ -524,13 +539,82 @@ def vocabulary_from_gguf(
         token_bytes=tuple(token_bytes),
         byte_ids=byte_ids,
         merges=merges,
-        split_patterns=known[pre],
-        pattern_syntax="regex",
+        split_patterns=stages,
+        pattern_syntax=syntax,
         special_tokens=specials,
         added_tokens=added,
         chat_template=meta.string("tokenizer.chat_template", None),
         **declared,
     )
+
+
+def gguf_pre_name(vocabulary: BPEVocabulary) -> str:
+    """The ``tokenizer.ggml.pre`` name of ``vocabulary``'s split stages.
+
+    llama.cpp knows a pre-tokenizer only by a name from its own list, each meaning fixed
+    regexes; the names read here are inverted (``GGUF_PRE_TOKENIZERS["llama.cpp"]``). The
+    project's own pattern has no name there. Its closest is ``"smollm"``: digits one by
+    one, as ours, then GPT-2's regex, which cuts letter runs, symbol runs and whitespace
+    as ours does. Where GPT-2 cuts *coarser* (a CJK run, with the space before it, is one
+    chunk for GPT-2, one chunk per character for us; ``"ab中"`` is one GPT-2 chunk), llama.cpp
+    still gives our ids, since no merge of ours spans one of our cuts (training never saw
+    such a chunk). Where it cuts *finer* it may not: GPT-2 splits off English contractions
+    first, so ``"'the"`` is ``'t`` + ``he`` for llama.cpp but ``'`` + ``the`` for us (other
+    ids: the test measures it on the shipped base); and Python's ``re`` and llama.cpp's
+    Unicode classes disagree on a few characters
+    (``"²"`` is a letter to ``re``'s ``\\w``, a number to ``\\p{N}``). So llama.cpp
+    tokenizes nearly, not exactly, as we do; ``OWN_PATTERN_KEY`` records the exact
+    pattern, which our own reader runs.
+    """
+    if vocabulary.pattern_syntax == "re":
+        if vocabulary.split_patterns != (PRETOKENIZE_PATTERN,):
+            raise ValueError("GGUF can hold the project's own pattern, not another one "
+                             "written for Python's re")
+        return OWN_PATTERN_PRE
+    for name, stages in GGUF_PRE_TOKENIZERS["llama.cpp"].items():
+        if stages == vocabulary.split_patterns:
+            return name
+    raise ValueError(f"no GGUF pre-tokenizer name splits as {list(vocabulary.split_patterns)}"
+                     f" (written here: {sorted(GGUF_PRE_TOKENIZERS['llama.cpp'])})")
+
+
+def gguf_tokenizer_metadata(vocabulary: BPEVocabulary, vocab_size: int) -> dict[str, Any]:
+    """The ``tokenizer.*`` GGUF keys for ``vocabulary``, as ``vocabulary_from_gguf`` reads them.
+
+    As llama.cpp's converter writes a byte-level BPE: model ``"gpt2"``, the tokens in the
+    byte alphabet, their types (1 normal, 3 control for specials, 4 user-defined for added
+    tokens), merges as ``"a b"``, the declared tokens' ids and the chat template (ours gets
+    ``chat.CHATML_TEMPLATE``, as ``save_hf_tokenizer`` does). ``add_bos_token`` is false:
+    neither our tokenizer nor SmolLM2's starts a text with BOS. A model with more embedding
+    rows (``vocab_size``) than tokens gets ``[PAD{id}]`` tokens of type 5 (unused), as the
+    converter pads, because llama.cpp needs one token per row.
+    """
+    spelled, merges = spelled_vocabulary(vocabulary, "GGUF")
+    if len(spelled) > vocab_size:
+        raise ValueError(f"the tokenizer has {len(spelled)} tokens but the model's vocab_size "
+                         f"is {vocab_size}")
+    types = [GGUF_CONTROL if token_id in vocabulary.special_tokens.values() else
+             GGUF_USER_DEFINED if token_id in vocabulary.added_tokens.values() else GGUF_NORMAL
+             for token_id in range(len(spelled))]
+    padding = [f"[PAD{token_id}]" for token_id in range(len(spelled), vocab_size)]
+    if set(padding) & set(spelled):
+        raise ValueError(f"the tokenizer has a token named like padding: {padding[0]!r}...")
+    whole = {**vocabulary.special_tokens, **vocabulary.added_tokens}
+    metadata: dict[str, Any] = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": gguf_pre_name(vocabulary),
+        "tokenizer.ggml.tokens": spelled + padding,
+        "tokenizer.ggml.token_type": types + [GGUF_UNUSED] * len(padding),
+        "tokenizer.ggml.merges": [f"{a} {b}" for a, b in merges],
+    }
+    for name, key in GGUF_DECLARED.items():
+        if getattr(vocabulary, name) is not None:
+            metadata[f"tokenizer.ggml.{key}_token_id"] = whole[getattr(vocabulary, name)]
+    metadata["tokenizer.ggml.add_bos_token"] = False
+    metadata["tokenizer.chat_template"] = vocabulary.chat_template or CHATML_TEMPLATE
+    if vocabulary.pattern_syntax == "re":
+        metadata[OWN_PATTERN_KEY] = PRETOKENIZE_PATTERN
+    return metadata
 
 
 # ------------------------------------------------------------------------ writing
@@ -566,6 +650,39 @@ def save_hf_tokenizer(vocabulary: BPEVocabulary, directory: str | Path) -> None:
         write_atomic(Path(directory) / name, data)
 
 
+def _named_tokens(vocabulary: BPEVocabulary) -> dict[int, tuple[str, bool]]:
+    """id -> (text, is special) for every special and added token."""
+    named = {token_id: (name, True) for name, token_id in vocabulary.special_tokens.items()}
+    named |= {token_id: (name, False) for name, token_id in vocabulary.added_tokens.items()}
+    return named
+
+
+def spelled_vocabulary(
+    vocabulary: BPEVocabulary, where: str
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every token as text (id order) and every merge as a pair of texts, best first.
+
+    Both ``tokenizer.json`` and GGUF store a vocabulary this way: an ordinary token in the
+    byte alphabet (``spell_bytes``), a special or added token as its own text. A token is
+    then found by its text, so two ids may not share one (``where`` names the format in
+    the error).
+    """
+    named = _named_tokens(vocabulary)
+    spelled = [
+        named[token_id][0] if token_id in named else spell_bytes(data)
+        for token_id, data in enumerate(vocabulary.token_bytes)
+    ]
+    if len(set(spelled)) != len(spelled):
+        twice = next(t for t in spelled if spelled.count(t) > 1)
+        raise ValueError(f"two ids stand for {twice!r}: {where} maps a token to one id")
+    merges = []
+    for a, b, merged in vocabulary.merges:
+        if spelled[a] + spelled[b] != spelled[merged]:
+            raise ValueError(f"merge ({a}, {b}) -> {merged} joins an added token")
+        merges.append((spelled[a], spelled[b]))
+    return spelled, merges
+
+
 def tokenizer_json(vocabulary: BPEVocabulary) -> dict[str, Any]:
     """The ``tokenizer.json`` contents for ``vocabulary``.
 
@@ -573,21 +690,10 @@ def tokenizer_json(vocabulary: BPEVocabulary) -> dict[str, Any]:
     id the vocabulary has for it, and otherwise the next free id past the vocabulary, which
     would move our specials (256..259) to the end.
     """
-    named = {token_id: (name, True) for name, token_id in vocabulary.special_tokens.items()}
-    named |= {token_id: (name, False) for name, token_id in vocabulary.added_tokens.items()}
-    spelled = [
-        named[token_id][0] if token_id in named else spell_bytes(data)
-        for token_id, data in enumerate(vocabulary.token_bytes)
-    ]
+    named = _named_tokens(vocabulary)
+    spelled, pairs = spelled_vocabulary(vocabulary, "tokenizer.json")
     vocab = {token: token_id for token_id, token in enumerate(spelled)}
-    if len(vocab) != len(spelled):
-        twice = next(t for t in spelled if spelled.count(t) > 1)
-        raise ValueError(f"two ids stand for {twice!r}: tokenizer.json maps a token to one id")
-    merges = []
-    for a, b, merged in vocabulary.merges:
-        if spelled[a] + spelled[b] != spelled[merged]:
-            raise ValueError(f"merge ({a}, {b}) -> {merged} joins an added token")
-        merges.append([spelled[a], spelled[b]])
+    merges = [[a, b] for a, b in pairs]
     return {
         "version": "1.0",
         "truncation": None,
