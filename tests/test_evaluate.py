@@ -1,6 +1,7 @@
 """Perplexity against float64 sums written out by hand; exact match with a scripted model."""
 
 import copy
+import importlib
 import json
 import math
 
@@ -9,13 +10,16 @@ import torch
 from torch import nn
 
 from tinyllm_lib.chat import EncodedChat, encode_chat
-from tinyllm_lib.config import PRESETS, ModelConfig
+from tinyllm_lib.config import DATA_DIR, PRESETS, ModelConfig
 from tinyllm_lib.evaluate import (
     EvalReport,
     Failure,
+    GeneralPrompt,
     compare_reports,
     evaluate,
     exact_match,
+    general_answers,
+    load_general_prompts,
     perplexity,
 )
 from tinyllm_lib.model import TinyLLM
@@ -191,3 +195,33 @@ def test_report_round_trip_and_tables():
     assert rows["echo"] == ["100.0%", "50.0%", "-50.0"]
     assert rows["new"] == ["-", "100.0%", "-"]
     assert rows["perplexity"] == ["12.5", "-", "-"]
+
+
+# ----------------------------------------------------------------- forgetting check
+
+
+def test_general_prompts_file_loads_and_bad_lines_are_named(tmp_path):
+    prompts = load_general_prompts(DATA_DIR / "general_prompts.jsonl")
+    assert len(prompts) == 12 and prompts[0] == GeneralPrompt("What is the capital of France?",
+                                                             ("Paris",))
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Hi?", "expect": ["hello"]}\n{"prompt": "Yo?", "expect": []}\n')
+    with pytest.raises(ValueError, match=r"prompts\.jsonl: line 2: field 'expect'"):
+        load_general_prompts(path)
+    path.write_text('{"expect": ["x"]}\n')
+    with pytest.raises(ValueError, match=r"prompts\.jsonl: line 1: field 'prompt'"):
+        load_general_prompts(path)
+
+
+def test_general_answers_are_right_when_they_contain_an_expected_word(monkeypatch):
+    replies = {"Capital?": "The capital is PARIS.", "Week?": "A week has seven days",
+               "Sky?": "red"}
+    module = importlib.import_module("tinyllm_lib.evaluate")  # the package exports evaluate()
+    monkeypatch.setattr(module, "greedy_reply",
+                        lambda model, tok, messages, n: replies[messages[0]["content"]])
+    prompts = [GeneralPrompt("Capital?", ("Paris",)), GeneralPrompt("Week?", ("7", "seven")),
+               GeneralPrompt("Sky?", ("blue",))]
+    answers = general_answers(None, None, prompts)
+    assert [(a.prompt, a.right) for a in answers] == [
+        ("Capital?", True), ("Week?", True), ("Sky?", False)]
+    assert answers[0].reply == "The capital is PARIS."

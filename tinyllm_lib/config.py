@@ -24,6 +24,10 @@ T = TypeVar("T")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 """The project's data: the synthetic world's files (``tinyllm data``) and the shipped base."""
 BASE_DIR = DATA_DIR / "base"
+CACHE_DIR = DATA_DIR.parent / "outputs" / "cache"
+"""Where converted copies of other tools' files are kept (GGUF weights as float32): beside
+the repository's ``data/``, so the book's chapters, the tests and the command line, from
+whatever folder they run, share one copy."""
 
 
 class ConfigError(ValueError):

