@@ -247,8 +247,9 @@ def real_model_section(data: dict[str, Any]) -> list[str]:
         "the same GGUF file: TinyLLM's `load_pretrained` against transformers' "
         "`from_pretrained(..., gguf_file=...)` (and PEFT for LoRA). Parity: max |logits "
         f"difference| {data['parity_max_abs_logits_diff']:.1e}. Written by "
-        f"`python bench/bench_real_model.py`{' --quick (a smoke run)' if settings['quick'] else ''}"
-        f" in {data['wall_s']:.0f} s; {settings['timing']}.",
+        f"`python bench/bench_real_model.py{' --quick' if settings['quick'] else ''}`"
+        f"{' (a smoke run)' if settings['quick'] else ''} in {data['wall_s']:.0f} s; "
+        f"{settings['timing']}.",
         "",
     ]
     rows = []
