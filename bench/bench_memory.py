@@ -36,12 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
 import torch
-from common import config_summary, machine_info, write_results
+from common import config_summary, machine_info, peak_rss_mb, write_results
 
 from tinyllm_lib.config import LoRAConfig, ModelConfig, TrainConfig
 from tinyllm_lib.lora import apply_lora, count_parameters
@@ -61,12 +60,6 @@ SWEEP = {
 SWEEP_ALLOCATOR = "mmap threshold 64 KiB"
 TARGET = 0.5
 """LoRA's peak should be at most this share of full fine-tuning's."""
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def worker(

@@ -237,6 +237,128 @@ def profile_generate_section(data: dict[str, Any]) -> list[str]:
     return lines + ["", machine_line(data["machine"]), ""]
 
 
+def real_model_section(data: dict[str, Any]) -> list[str]:
+    settings = data["settings"]
+    train, generate = settings["train"], settings["generate"]
+    lines = [
+        "## A real model: SmolLM2-135M-Instruct",
+        "",
+        f"{settings['model']}, {settings['parameters']:,} parameters, read by both sides from "
+        "the same GGUF file: TinyLLM's `load_pretrained` against transformers' "
+        "`from_pretrained(..., gguf_file=...)` (and PEFT for LoRA). Parity: max |logits "
+        f"difference| {data['parity_max_abs_logits_diff']:.1e}. Written by "
+        f"`python bench/bench_real_model.py{' --quick' if settings['quick'] else ''}`"
+        f"{' (a smoke run)' if settings['quick'] else ''} in {data['wall_s']:.0f} s; "
+        f"{settings['timing']}.",
+        "",
+    ]
+    rows = []
+    for run in data.get("train", []):
+        rows.append([f"LoRA training step, {run['lora']}",
+                     f"{run['tinyllm']['tokens_per_s']:.0f} tok/s",
+                     f"{run['transformers']['tokens_per_s']:.0f} tok/s",
+                     f"{run['speedup']:.2f}x", f">= {run['speedup_target']}x",
+                     met(run["speedup_met"])])
+    for row in data.get("train_memory", []):
+        rows.append([f"training step peak RSS, {row['lora']} ({row['allocator']})",
+                     f"{row['tinyllm']['step_peak_rss_mb']:.0f} MiB",
+                     f"{row['transformers']['step_peak_rss_mb']:.0f} MiB",
+                     f"{row['ratio']:.2f} (ours / theirs)", f"<= {row['target']:.2f}",
+                     met(row["met"])])
+    for run in data.get("generate", []):
+        compiled = (f"; compiled step {run['tinyllm_compiled']['tokens_per_s']:.1f} tok/s, "
+                    f"{run['speedup_compiled']:.2f}x" if "tinyllm_compiled" in run else "")
+        rows.append([f"generation, batch 1, greedy, {run['precision']}",
+                     f"{run['tinyllm']['tokens_per_s']:.1f} tok/s{compiled}",
+                     f"{run['transformers']['tokens_per_s']:.1f} tok/s",
+                     f"{run['speedup']:.2f}x", f">= {run['speedup_target']}x",
+                     met(run["speedup_met"])])
+    load = data.get("load")
+    if load:
+        rows.append(["load model + tokenizer (warm cache)",
+                     f"{load['tinyllm_warm']['load_s_median']:.2f} s",
+                     f"{load['transformers']['load_s_median']:.2f} s",
+                     f"{load['speedup_warm_load']:.2f}x", f">= {load['speedup_target']}x",
+                     met(load["speedup_met"])])
+        rows.append(["load, cold (parse GGUF, write cache)",
+                     f"{load['tinyllm_cold']['load_s_median']:.2f} s",
+                     f"{load['transformers']['load_s_median']:.2f} s",
+                     f"{load['speedup_cold_load']:.2f}x", "", ""])
+        rows.append(["load, whole process (interpreter + imports), warm / cold",
+                     f"{load['tinyllm_warm']['process_s_median']:.2f} s / "
+                     f"{load['tinyllm_cold']['process_s_median']:.2f} s",
+                     f"{load['transformers']['process_s_median']:.2f} s",
+                     f"{load['speedup_warm_process']:.2f}x / "
+                     f"{load['speedup_cold_process']:.2f}x", "", ""])
+    lines += table(["measure", "TinyLLM", "transformers (+ PEFT)", "ratio", "target", "met"],
+                   rows)
+    lines += [
+        "",
+        f"Training: batch {train['batch_size']} x {train['seq_len']} random tokens, LoRA rank "
+        f"{train['lora']['rank']}, alpha {train['lora']['alpha']:g}, dropout "
+        f"{train['lora']['dropout']:g}; the `{train['preset']}` preset as `tinyllm train` "
+        f"runs it without flags (bf16 {train['bf16']}, compile {train['compile']}), "
+        f"{train['optimizer']}, gradient clipping at {train['max_grad_norm']:g}, the same "
+        f"on both sides and the same initial adapters; {train['rounds']} alternated steps "
+        f"after 1 warm-up. Peak RSS: a fresh worker per side, the kernel's peak counter reset "
+        f"after the model is loaded, then {train['memory_steps']} steps.",
+        "",
+    ]
+    if data.get("generate"):
+        lines += [
+            f"Generation: a {generate['prompt_tokens']}-token chat prompt, "
+            f"{generate['new_tokens']} new tokens, prefill included. A batch-1 decode step "
+            "reads every weight once, so memory bandwidth bounds it: `ceiling` = read "
+            f"bandwidth (a sum over {generate['bandwidth_probe_mib']} MiB, timed in the same "
+            "rounds) / bytes of weights a token reads (the tied embedding once); `weights "
+            "read alone`: the decode step's matrix-vector products and nothing else.",
+            "",
+        ]
+        rows = []
+        for run in data["generate"]:
+            rows.append(
+                [run["precision"], f"{run['read_bandwidth_gb_s']:.1f}",
+                 f"{run['weight_bytes_per_token'] / 1e6:.0f}",
+                 f"{run['bandwidth_ceiling_tokens_per_s']:.1f}"]
+                + [f"{run[s]['tokens_per_s']:.1f} ({run[s]['share_of_ceiling']:.0%})"
+                   if s in run else "-"
+                   for s in ("tinyllm", "tinyllm_compiled", "transformers", "weights_read")]
+                + [f"{run['speedup_target'] * run['transformers']['share_of_ceiling']:.0%}",
+                   ", ".join(f"{k} {v:.3f}" for k, v in
+                             run.get("max_abs_logits_diff_vs_fp32", {}).items()) or "-"]
+            )
+        lines += table(["weights", "read GB/s", "MB read a token", "ceiling tok/s",
+                        "TinyLLM (of ceiling)", "TinyLLM compiled", "transformers",
+                        "weights read alone", "target needs (of ceiling)",
+                        "max logit diff vs fp32"], rows)
+        lines += [
+            "",
+            "`target needs`: the share of the ceiling TinyLLM must reach for the speedup "
+            "target, given transformers' share; above about 90% (what the bare "
+            "matrix-vector products reach) the target is out of reach whatever the Python "
+            "around the kernels does. The bf16 ceiling is twice fp32's, but bf16 runs only "
+            "as fast as PyTorch's CPU bf16 matrix-vector kernels (`weights read alone`).",
+            "",
+        ]
+    profiles = [(f"training step, LoRA {run['lora']} (ms)", run["profile_ms"])
+                for run in data.get("train", []) if "profile_ms" in run]
+    profiles += [(f"generation, {run['precision']} (ms a token)", run["profile_ms_per_token"])
+                 for run in data.get("generate", []) if "profile_ms_per_token" in run]
+    for title, by_side in profiles:
+        categories = list(next(iter(by_side.values())))
+        lines += [f"Where the time goes, {title}, one profiled run (torch.profiler; "
+                  "`framework`: wall time outside ATen operators):", ""]
+        lines += table(["implementation", *categories],
+                       [[side, *(f"{ms[c]:g}" for c in categories)]
+                        for side, ms in by_side.items()])
+        ours, theirs = by_side["tinyllm"], by_side["transformers"]
+        lines += ["", f"Matrix multiplies (the same PyTorch kernels on both sides) are "
+                  f"{ours['matmul'] / ours['total']:.0%} of TinyLLM's time; were all else "
+                  f"free, TinyLLM would be {theirs['total'] / ours['matmul']:.2f}x "
+                  "transformers (profiled times).", ""]
+    return lines + [machine_line(data["machine"]), ""]
+
+
 def tokenizer_section(data: dict[str, Any]) -> list[str]:
     rows = [[key, value] for key, value in data.items()]
     return ["## Tokenizer", "", *table(["measure", "value"], rows), ""]
@@ -249,7 +371,7 @@ def write_report() -> Path:
         "",
         "Written by the scripts in `bench/` (`python bench/bench_train.py`, "
         "`bench_generate.py`, `bench_memory.py`, `bench_tokenizer.py`, `profile_train.py`, "
-        "`profile_generate.py`); "
+        "`profile_generate.py`, `bench_real_model.py`); "
         "the JSON files next to this one hold every sample. TinyLLM is compared with Hugging Face "
         "transformers' `LlamaForCausalLM` built from the same configuration and loaded "
         "with the same weights. A speedup is transformers' time over TinyLLM's. "
@@ -259,7 +381,7 @@ def write_report() -> Path:
     sections = {
         "train": train_section, "profile_train": profile_section, "generate": generate_section,
         "profile_generate": profile_generate_section, "memory": memory_section,
-        "tokenizer": tokenizer_section,
+        "tokenizer": tokenizer_section, "real_model": real_model_section,
     }
     for name, render in sections.items():
         data = load(name)
