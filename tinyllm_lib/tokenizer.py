@@ -489,11 +489,15 @@ class Tokenizer:
         """Read a ``tokenizer.json``: Hugging Face's, as ``save`` writes it (with the
         ``tokenizer_config.json`` beside it, if any: ``from_hf``), or the project's older
         ``tinyllm-bpe-v1`` file. A malformed file raises ``ValueError`` naming it."""
+        from .formats.hf_tokenizer import read_hf_tokenizer  # it imports this module
+
         path = Path(path)
         data = read_json(path)
         if isinstance(data, dict) and "format" in data:
             return _from_legacy_json(data, path)
-        return cls.from_hf(path)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_vocabulary(read_hf_tokenizer(path, data))
 
     def save_hf(self, directory: str | Path) -> None:
         """Write Hugging Face's tokenizer files into ``directory`` (``hf_tokenizer_files``).
