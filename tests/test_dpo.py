@@ -8,7 +8,7 @@ import torch
 from train_worker import synthetic_pairs
 
 from tinyllm_lib.chat import encode_chat
-from tinyllm_lib.config import PRESETS, LoRAConfig, TrainConfig
+from tinyllm_lib.config import PRESETS, DPOConfig, LoRAConfig, TrainConfig
 from tinyllm_lib.data import DatasetError
 from tinyllm_lib.dpo import (
     METRICS,
@@ -104,7 +104,7 @@ def test_one_dpo_step_has_the_gradient_of_the_float64_loss():
     pairs = synthetic_pairs(6, seed=11)
     model = tiny_lora_model()
     reference = tiny_lora_model().double()
-    objective = DPOObjective(beta=0.3)
+    objective = DPOObjective(DPOConfig(beta=0.3))
     batches = [collate_pairs(pairs[:4], 0), collate_pairs(pairs[4:], 0)]
     accumulate_gradients(model, batches, objective)
     whole = collate_pairs(pairs, 0)
@@ -239,7 +239,7 @@ def test_dpo_trains_on_the_trainer_and_logs_trl_metrics(tmp_path):
     config = TrainConfig(max_steps=12, batch_size=4, lr=1e-2, warmup_steps=0, eval_every=6)
     trainer = Trainer(model, synthetic_pairs(16, 1), synthetic_pairs(8, 2), config, pad_id=0,
                       log_dir=tmp_path, run_name="dpo", device="cpu", progress=False,
-                      objective=DPOObjective(beta=0.5))
+                      objective=DPOObjective(DPOConfig(beta=0.5)))
     result = trainer.fit()
     first, last = result.history[0], result.history[-1]
     assert first.loss == pytest.approx(math.log(2), rel=1e-5)  # a fresh adapter: policy == ref

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from tinyllm_lib.chat import IGNORE_INDEX, EncodedChat
-from tinyllm_lib.config import PRESETS, LoRAConfig, TrainConfig
+from tinyllm_lib.config import PRESETS, DPOConfig, LoRAConfig, TrainConfig
 from tinyllm_lib.dpo import DPOObjective, EncodedPair
 from tinyllm_lib.lora import apply_lora
 from tinyllm_lib.model import TinyLLM
@@ -62,9 +62,11 @@ def make_trainer(out_dir: Path, slow: bool = False, dpo: bool = False) -> Traine
         model.lm_head.register_forward_hook(lambda *_: time.sleep(0.03))
     if dpo:
         apply_lora(model, LoRAConfig(rank=4, dropout=0.1, target_modules="all-linear"))
-        train, val, objective = synthetic_pairs(24, 1), synthetic_pairs(8, 2), DPOObjective(0.5)
+        objective = DPOObjective(DPOConfig(beta=0.5))
+        train, val = synthetic_pairs(24, 1), synthetic_pairs(8, 2)
     else:
-        train, val, objective = synthetic_examples(24, 1), synthetic_examples(8, 2), None
+        objective = None
+        train, val = synthetic_examples(24, 1), synthetic_examples(8, 2)
     return Trainer(
         model, train, val, WORKER_CONFIG, pad_id=0, out_dir=out_dir, log_dir=out_dir,
         run_name="run", device="cpu", progress=False, objective=objective,

@@ -198,6 +198,33 @@ class TrainConfig:
         })
 
 
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+"""``dpo.dpo_loss``'s losses, by TRL's names."""
+
+
+@dataclass
+class DPOConfig:
+    """What preference tuning adds to the training loop's settings (``dpo.dpo_loss``).
+
+    ``beta`` is the strength of the pull back to the reference: the implied reward is
+    ``beta * log(policy / reference)``, so a small beta lets the policy move far from the
+    reference before the loss saturates. TRL's defaults: beta 0.1, the sigmoid loss.
+    """
+
+    beta: float = setting(0.1, "how strongly the policy is held to the reference")
+    loss_type: str = setting("sigmoid", "sigmoid (DPO), ipo or hinge")
+    label_smoothing: float = setting(0.0, "cDPO: the chance a preference label is wrong")
+    precompute_ref: bool = setting(
+        False, "compute the reference log-probabilities once, before training")
+
+    def __post_init__(self) -> None:
+        check(self, {
+            "beta": (self.beta > 0, "must be > 0"),
+            "loss_type": (self.loss_type in LOSS_TYPES, "must be sigmoid, ipo or hinge"),
+            "label_smoothing": (0 <= self.label_smoothing < 0.5, "must be in [0, 0.5)"),
+        })
+
+
 PRESETS: dict[str, ModelConfig] = {
     # The seed project's model.
     "seed": ModelConfig(),

@@ -28,8 +28,9 @@ to switch off, so its reference log-probabilities are computed once, before trai
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .chat import EncodedChat, Message, check_messages, encode_chat, split_turns
+from .config import LOSS_TYPES, DPOConfig
 from .data import Batch, DatasetError, collate, read_records
 from .files import jsonl_bytes, write_atomic
 from .lora import disable_adapters, lora_layers
 from .model import IGNORE_INDEX
+from .sampling import SamplingConfig, reply
 from .tokenizer import Tokenizer
-
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
-"""``dpo_loss``'s losses, by TRL's names."""
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
            "logps/chosen", "logps/rejected")
@@ -154,6 +154,35 @@ def load_preferences(path: str | Path) -> list[PreferencePair]:
 def write_preferences(path: str | Path, pairs: Sequence[PreferencePair]) -> None:
     """Write pairs as conversational JSONL (``PreferencePair.to_json``), atomically."""
     write_atomic(path, jsonl_bytes(pair.to_json() for pair in pairs))
+
+
+def sample_preferences(
+    model: nn.Module, tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]],
+    samples: int = 4, temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
+) -> list[PreferencePair]:
+    """On-policy pairs: the model's own wrong reply (rejected) against a right one (chosen).
+
+    Each conversation ends with the expected reply, which the world's tasks make exact.
+    The model answers the prompt before it ``samples`` times; a reply is right when it
+    equals the expected one (whitespace stripped, as ``evaluate.exact_match`` judges).
+    The first wrong sample is rejected; chosen is the first right sample, or the expected
+    reply when none was right. A prompt the model always answers right teaches nothing
+    and gives no pair. Seeded: the same model, data and seed give the same pairs.
+    """
+    settings = SamplingConfig(temperature=temperature, top_k=0, top_p=1.0,
+                              max_new_tokens=max_new_tokens)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    pairs = []
+    for messages in conversations:
+        prompt, expected = messages[:-1], messages[-1]["content"].strip()
+        replies = [reply(model, tokenizer, prompt, settings, generator).strip()
+                   for _ in range(samples)]
+        wrong = [text for text in replies if text != expected]
+        if wrong:
+            right = [text for text in replies if text == expected]
+            chosen = right[0] if right else expected
+            pairs.append(PreferencePair(tuple(prompt), chosen, wrong[0]))
+    return pairs
 
 
 # ------------------------------------------------------------------------------- encoding
@@ -349,36 +378,31 @@ def precompute_reference(
 
 
 def _reference(model: nn.Module) -> Any:
-    """The reference: the model with its adapters off, or the model itself without any."""
-    if lora_layers(model):
-        return disable_adapters(model)
-    return torch.no_grad()  # nothing to switch; already inside no-grad or inference mode
+    """The reference as it is before training: the model with its adapters off, or the
+    model itself when it has none (full fine-tuning)."""
+    return disable_adapters(model) if lora_layers(model) else contextlib.nullcontext()
 
 
-@dataclass
 class DPOObjective:
     """DPO for the ``Trainer``: examples are ``EncodedPair``s, the loss is a mean per pair.
 
     Each micro-batch runs the chosen and rejected conversations through the policy in one
     forward pass, and, unless the pairs carry precomputed reference log-probabilities,
     once more through the reference (``disable_adapters``, no gradient). ``step_metrics``
-    gives TRL's metrics (``METRICS``) averaged over the step's pairs.
+    gives TRL's metrics (``METRICS``) averaged over the step's pairs. ``config`` gives
+    beta, the loss and the label smoothing (``precompute_ref`` is the caller's to act on:
+    ``precompute_reference`` before training).
     """
 
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    _sums: dict[str, float] = field(default_factory=dict, repr=False)
-    _pairs: int = field(default=0, repr=False)
-
-    def __post_init__(self) -> None:
-        zero = torch.zeros(1)
-        dpo_loss(zero, zero, zero, zero, self.beta, self.loss_type, self.label_smoothing)
+    def __init__(self, config: DPOConfig | None = None) -> None:
+        self.config = config or DPOConfig()
+        self._sums: dict[str, float] = {}
+        self._pairs = 0
 
     @property
     def average(self) -> bool:
         """IPO scores the mean token log-probability of a reply (TRL's choice)."""
-        return self.loss_type == "ipo"
+        return self.config.loss_type == "ipo"
 
     def check(self, examples: Sequence[EncodedPair]) -> None:
         for i, pair in enumerate(examples):
@@ -404,8 +428,10 @@ class DPOObjective:
                     "reference; compute the reference once with precompute_reference")
             with torch.no_grad(), disable_adapters(model):
                 ref = sequence_logps(model, batch.input_ids, batch.labels, self.average)
+        config = self.config
         losses, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:],
-                                            self.beta, self.loss_type, self.label_smoothing)
+                                            config.beta, config.loss_type,
+                                            config.label_smoothing)
         return losses, chosen, rejected, policy.detach()
 
     def loss_sum(self, model: nn.Module, batch: PairBatch) -> torch.Tensor:
