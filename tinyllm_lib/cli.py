@@ -32,6 +32,7 @@ from .config import (
     PRESETS,
     TRAIN_PRESETS,
     ConfigError,
+    DPOConfig,
     LoRAConfig,
     TrainConfig,
     recommended_lr,
@@ -40,7 +41,7 @@ from .data import load_conversations, load_task_names, tokenize_conversations
 from .evaluate import EvalReport, compare_reports, evaluate
 from .formats.gguf import GGUF_TYPES, write_gguf
 from .formats.peft_adapter import load_adapter, save_adapter
-from .lora import apply_lora, merge_lora, trainable_report
+from .lora import apply_lora, merge_and_unload, merge_lora, trainable_report
 from .model import TinyLLM
 from .sampling import SamplingConfig, print_piece, reply
 from .tokenizer import Tokenizer
@@ -99,17 +100,27 @@ def model_source(text: str) -> str | Path:
     return path
 
 
-def load_model(source: str | Path, adapter_dir: Path | None) -> tuple[TinyLLM, Tokenizer]:
-    """A model (``model_source``), with a LoRA adapter merged in when one is given."""
+def load_model(
+    source: str | Path, adapters: Path | Sequence[Path] | None = None
+) -> tuple[TinyLLM, Tokenizer]:
+    """A model (``model_source``) with LoRA adapters applied in order, when given.
+
+    Each adapter but the last is merged into the weights before the next is loaded, so an
+    adapter trained on top of another (``tinyllm dpo --sft-adapter``) sees the model it
+    was trained on: ``--adapter SFT --adapter DPO``.
+    """
     model, tokenizer = load_pretrained(source)
-    if adapter_dir is not None:
+    adapters = [adapters] if isinstance(adapters, Path) else list(adapters or [])
+    for i, adapter_dir in enumerate(adapters):
+        if i > 0:
+            merge_and_unload(model)
         load_adapter(model, adapter_dir)
     return model.eval(), tokenizer
 
 
 # Flags named otherwise than their field (``--lora-targets`` is shorter than
 # ``--lora-target-modules``), and fields whose flag text needs its own parser.
-FLAG_NAMES = {"target_modules": "targets"}
+FLAG_NAMES = {"target_modules": "targets", "loss_type": "loss"}
 
 
 def parse_targets(text: str) -> tuple[str, ...] | str:
@@ -268,6 +279,67 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         save_adapter(model, out / "adapter")
         print(f"saved the adapter to {out / 'adapter'} (load it with --adapter)")
+
+
+def cmd_preferences(args: argparse.Namespace) -> None:
+    from .dpo import sample_preferences, write_preferences
+
+    model, tokenizer = load_model(args.model, args.adapter)
+    conversations = load_conversations(args.data)[: args.limit]
+    start = time.time()
+    pairs = sample_preferences(model, tokenizer, conversations, samples=args.samples,
+                               temperature=args.temperature, seed=args.seed)
+    write_preferences(args.out, pairs)
+    print(f"{len(pairs)} pairs from {len(conversations)} prompts ({args.samples} samples each) "
+          f"in {time.time() - start:.0f} s; wrote {args.out}")
+
+
+def dpo_model(args: argparse.Namespace) -> TinyLLM:
+    """The model DPO trains: the base, the SFT adapter merged in (so that it is the
+    reference), then a fresh adapter on top, or every parameter with ``--full``."""
+    model, _ = load_pretrained(args.base)
+    if args.sft_adapter is not None:
+        merge_and_unload(load_adapter(model, args.sft_adapter))
+    if args.full:
+        model.requires_grad_(True)
+    else:
+        torch.manual_seed(args.train_config.seed)  # the LoRA A matrices are random
+        apply_lora(model, args.lora_config)
+    return model
+
+
+def cmd_dpo(args: argparse.Namespace) -> None:
+    from .dpo import DPOObjective, encode_pairs, load_preferences, precompute_reference
+
+    model = dpo_model(args)
+    _, tokenizer = load_pretrained(args.base)
+    max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
+    train = encode_pairs(tokenizer, load_preferences(args.data), max_len, f"{args.data}: pair")
+    val = (encode_pairs(tokenizer, load_preferences(args.val), max_len, f"{args.val}: pair")
+           if args.val else [])
+    config, dpo = args.train_config, args.dpo_config
+    print(trainable_report(model))
+    if dpo.precompute_ref or args.full:
+        start = time.time()
+        precompute_reference(model, train + val, config.batch_size, dpo.loss_type == "ipo")
+        print(f"reference log-probabilities of {len(train) + len(val)} pairs computed in "
+              f"{time.time() - start:.0f} s")
+    out = args.out or OUTPUTS / "models" / "dpo"
+    trainer = Trainer(model, train, val, config, pad_id=tokenizer.pad_id, out_dir=out,
+                      log_dir=OUTPUTS / "logs", run_name=out.name, objective=DPOObjective(dpo))
+    result = trainer.fit(resume=args.resume)
+    last = result.history[-1].metrics
+    print(f"{result.reason}; {result.steps} steps; last step: "
+          + ", ".join(f"{name} {value:.3f}" for name, value in last.items()
+                      if not name.startswith("eval_")))
+    if args.full:
+        save_pretrained(model, tokenizer, out / "model")
+        print(f"saved the model to {out / 'model'}")
+    else:
+        save_adapter(model, out / "adapter")
+        on_top = f"--adapter {args.sft_adapter} " if args.sft_adapter else ""
+        print(f"saved the adapter to {out / 'adapter'} (load it with {on_top}"
+              f"--adapter {out / 'adapter'})")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -450,10 +522,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train, "lora_config", LoRAConfig(), prefix="lora-")
     train.set_defaults(run=cmd_train)
 
+    prefs = commands.add_parser(
+        "preferences", help="sample a model on prompts: preference pairs for dpo")
+    prefs.add_argument("--model", type=model_source, default=BASE_DIR)
+    prefs.add_argument("--adapter", type=existing_path, action="append", default=None,
+                       help="the SFT adapter to sample (repeat to stack adapters in order)")
+    prefs.add_argument("--data", type=existing_path, default=DATA_DIR / "train.jsonl",
+                       help="conversations ending with the expected reply")
+    prefs.add_argument("--out", type=Path, required=True, help="the pairs' JSONL file")
+    prefs.add_argument("--limit", type=positive_int, default=None, help="first N prompts")
+    prefs.add_argument("--samples", type=positive_int, default=4, help="replies per prompt")
+    prefs.add_argument("--temperature", type=float, default=0.8)
+    prefs.add_argument("--seed", type=int, default=0)
+    prefs.set_defaults(run=cmd_preferences)
+
+    dpo = commands.add_parser("dpo", help="preference tuning (DPO) on chosen/rejected pairs")
+    dpo.add_argument("--base", type=model_source, default=BASE_DIR,
+                     help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
+    dpo.add_argument("--sft-adapter", type=existing_path, default=None,
+                     help="merged into the base first: the SFT model is the reference")
+    dpo.add_argument("--data", type=existing_path, required=True,
+                     help="preference pairs (TRL's standard or conversational shape)")
+    dpo.add_argument("--val", type=existing_path, default=None,
+                     help="validation pairs (early stopping, best weights)")
+    dpo.add_argument("--full", action="store_true",
+                     help="train every parameter (the reference is then precomputed)")
+    dpo.add_argument("--max-len", type=positive_int, default=None,
+                     help="token limit per conversation; a longer pair is an error")
+    dpo.add_argument("--out", type=Path, default=None,
+                     help="output folder (default outputs/models/dpo)")
+    dpo.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    add_config_flags(dpo, "train_config", TRAIN_PRESETS["dpo"])
+    add_config_flags(dpo, "dpo_config", DPOConfig())
+    add_config_flags(dpo, "lora_config", LoRAConfig(), prefix="lora-")
+    dpo.set_defaults(run=cmd_dpo)
+
     ev = commands.add_parser("eval", help="exact match per task and perplexity")
     ev.add_argument("--model", type=model_source, default=BASE_DIR,
                     help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
-    ev.add_argument("--adapter", type=existing_path, default=None)
+    ev.add_argument("--adapter", type=existing_path, action="append", default=None,
+                    help="a LoRA adapter; repeat to stack them in order (SFT, then DPO)")
     ev.add_argument("--data", type=existing_path, default=DATA_DIR / "test.jsonl")
     ev.add_argument("--limit", type=positive_int, default=None, help="first N conversations")
     ev.add_argument("--max-new-tokens", type=positive_int, default=32)
@@ -467,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="talk to a model in the terminal")
     chat.add_argument("--model", type=model_source, default=BASE_DIR,
                       help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
-    chat.add_argument("--adapter", type=existing_path, default=None)
+    chat.add_argument("--adapter", type=existing_path, action="append", default=None,
+                      help="a LoRA adapter; repeat to stack them in order (SFT, then DPO)")
     chat.add_argument("--system", default=None,
                       help="the system prompt (default: the model's own, from its chat template)")
     add_config_flags(chat, "sampling", SamplingConfig())

@@ -253,6 +253,11 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         epochs=1, batch_size=16, lr=2e-3, weight_decay=0.1, warmup_steps=100,
         eval_every=200, save_every=200,
     ),
+    # ``tinyllm dpo``: one pass over the pairs, 8 pairs (16 conversations) a step, at a
+    # sixth of the rate LoRA's supervised fine-tuning of q_proj, v_proj takes: the
+    # preference loss moves the log-probability of whole replies, which is steeper than
+    # the per-token NLL (experiments/dpo.py).
+    "dpo": TrainConfig(epochs=1, batch_size=8, lr=5e-4, warmup_steps=10, eval_every=50),
     # ``tinyllm demo``: a short run, more steps at a higher rate than ``finetune``, so the
     # effect shows within the demo's time budget.
     "demo": TrainConfig(

@@ -158,7 +158,7 @@ def write_preferences(path: str | Path, pairs: Sequence[PreferencePair]) -> None
 
 def sample_preferences(
     model: nn.Module, tokenizer: Tokenizer, conversations: Sequence[Sequence[Message]],
-    samples: int = 4, temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
+    samples: int = 4, temperature: float = 0.8, max_new_tokens: int = 32, seed: int = 0,
 ) -> list[PreferencePair]:
     """On-policy pairs: the model's own wrong reply (rejected) against a right one (chosen).
 
@@ -169,8 +169,9 @@ def sample_preferences(
     reply when none was right. A prompt the model always answers right teaches nothing
     and gives no pair. Seeded: the same model, data and seed give the same pairs.
     """
-    settings = SamplingConfig(temperature=temperature, top_k=0, top_p=1.0,
-                              max_new_tokens=max_new_tokens)
+    # The sampler's usual top-k and top-p cut the far tail: a reply that ends in random
+    # tokens is a wrong answer no greedy decoder would give, and teaches little.
+    settings = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     pairs = []
     for messages in conversations:
