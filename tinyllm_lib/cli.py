@@ -294,10 +294,10 @@ def cmd_preferences(args: argparse.Namespace) -> None:
           f"in {time.time() - start:.0f} s; wrote {args.out}")
 
 
-def dpo_model(args: argparse.Namespace) -> TinyLLM:
+def dpo_model(args: argparse.Namespace) -> tuple[TinyLLM, Tokenizer]:
     """The model DPO trains: the base, the SFT adapter merged in (so that it is the
     reference), then a fresh adapter on top, or every parameter with ``--full``."""
-    model, _ = load_pretrained(args.base)
+    model, tokenizer = load_pretrained(args.base)
     if args.sft_adapter is not None:
         merge_and_unload(load_adapter(model, args.sft_adapter))
     if args.full:
@@ -305,14 +305,13 @@ def dpo_model(args: argparse.Namespace) -> TinyLLM:
     else:
         torch.manual_seed(args.train_config.seed)  # the LoRA A matrices are random
         apply_lora(model, args.lora_config)
-    return model
+    return model, tokenizer
 
 
 def cmd_dpo(args: argparse.Namespace) -> None:
     from .dpo import DPOObjective, encode_pairs, load_preferences, precompute_reference
 
-    model = dpo_model(args)
-    _, tokenizer = load_pretrained(args.base)
+    model, tokenizer = dpo_model(args)
     max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
     train = encode_pairs(tokenizer, load_preferences(args.data), max_len, f"{args.data}: pair")
     val = (encode_pairs(tokenizer, load_preferences(args.val), max_len, f"{args.val}: pair")
