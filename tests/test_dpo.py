@@ -98,13 +98,15 @@ def test_sequence_logps_sums_the_label_tokens_log_probabilities():
         assert mean[row].item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
 
 
-def test_one_dpo_step_has_the_gradient_of_the_float64_loss():
+@pytest.mark.parametrize("rpo_alpha", [0.0, 0.7])
+def test_one_dpo_step_has_the_gradient_of_the_float64_loss(rpo_alpha):
     """The gradient ``train_step`` applies (accumulated over two micro-batches, float32)
-    equals autograd of the loss written out in float64 over the whole step."""
+    equals autograd of the loss written out in float64 over the whole step; with RPO, the
+    loss adds ``rpo_alpha`` times each chosen reply's NLL per token."""
     pairs = synthetic_pairs(6, seed=11)
     model = tiny_lora_model()
     reference = tiny_lora_model().double()
-    objective = DPOObjective(DPOConfig(beta=0.3))
+    objective = DPOObjective(DPOConfig(beta=0.3, rpo_alpha=rpo_alpha))
     batches = [collate_pairs(pairs[:4], 0), collate_pairs(pairs[4:], 0)]
     accumulate_gradients(model, batches, objective)
     whole = collate_pairs(pairs, 0)
@@ -113,7 +115,10 @@ def test_one_dpo_step_has_the_gradient_of_the_float64_loss():
         ref = sequence_logps(reference, whole.input_ids, whole.labels)
     n = len(pairs)
     h = (policy[:n] - ref[:n]) - (policy[n:] - ref[n:])
-    (-torch.nn.functional.logsigmoid(0.3 * h)).mean().backward()
+    chosen_tokens = [sum(label != IGNORE_INDEX for label in pair.chosen.labels[1:])
+                     for pair in pairs]
+    nll = -policy[:n] / torch.tensor(chosen_tokens, dtype=torch.float64)
+    (-torch.nn.functional.logsigmoid(0.3 * h) + rpo_alpha * nll).mean().backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     assert grads
     for name, p in reference.named_parameters():
@@ -132,7 +137,7 @@ def test_at_the_start_the_policy_is_the_reference():
     model = TinyLLM(PRESETS["test"])
     apply_lora(model, LoRAConfig(rank=4))
     objective = DPOObjective()
-    losses, chosen, rejected, _ = objective.losses(model, collate_pairs(synthetic_pairs(4, 3), 0))
+    losses, chosen, rejected, *_ = objective.losses(model, collate_pairs(synthetic_pairs(4, 3), 0))
     assert torch.equal(chosen, torch.zeros(4)) and torch.equal(rejected, torch.zeros(4))
     assert losses.tolist() == pytest.approx([math.log(2)] * 4, rel=1e-6)
 

@@ -254,31 +254,52 @@ def train_settings(args: argparse.Namespace) -> tuple[TrainConfig, LoRAConfig | 
     return config, lora
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def start_model(args: argparse.Namespace,
+                lora: LoRAConfig | None) -> tuple[TinyLLM, Tokenizer]:
+    """The model ``train`` and ``dpo`` train: the base, ``--sft-adapter`` merged in (for
+    DPO that makes the SFT model the reference), then a fresh adapter on top, or every
+    parameter when ``lora`` is None (``--full``)."""
     model, tokenizer = load_pretrained(args.base)
+    if args.sft_adapter is not None:
+        merge_and_unload(load_adapter(model, args.sft_adapter))
+    if lora is None:
+        model.requires_grad_(True)
+        print("full fine-tuning: every parameter is trained")
+    else:
+        torch.manual_seed(args.train_config.seed)  # the LoRA A matrices are random
+        apply_lora(model, lora)
+    print(trainable_report(model))
+    return model, tokenizer
+
+
+def save_trained(args: argparse.Namespace, model: TinyLLM, tokenizer: Tokenizer,
+                 out: Path) -> None:
+    """What ``train`` and ``dpo`` keep: the whole model with ``--full``, else the adapter,
+    and how to load it (after ``--sft-adapter``'s, which it was trained on top of)."""
+    if args.full:
+        save_pretrained(model, tokenizer, out / "model")
+        print(f"saved the model to {out / 'model'}")
+        return
+    save_adapter(model, out / "adapter")
+    on_top = f"--adapter {args.sft_adapter} " if args.sft_adapter else ""
+    print(f"saved the adapter to {out / 'adapter'} (load it with {on_top}"
+          f"--adapter {out / 'adapter'})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    config, lora = train_settings(args)
+    model, tokenizer = start_model(args, lora)
     max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
     train_examples = tokenize_conversations(tokenizer, load_conversations(args.data), max_len)
     val_examples = (tokenize_conversations(tokenizer, load_conversations(args.val), max_len)
                     if args.val else [])
-    config, lora = train_settings(args)
-    if lora is None:
-        print("full fine-tuning: every parameter is trained")
-    else:
-        torch.manual_seed(config.seed)  # the LoRA A matrices are random
-        apply_lora(model, lora)
-    print(trainable_report(model))
     out = args.out or OUTPUTS / "models" / ("full" if args.full else "lora")
     trainer = Trainer(model, train_examples, val_examples, config, pad_id=tokenizer.pad_id,
                       out_dir=out, log_dir=OUTPUTS / "logs", run_name=out.name)
     result = trainer.fit(resume=args.resume)
     print(f"{result.reason}; {result.steps} steps; best validation loss "
           f"{result.best_val_loss if result.best_val_loss is not None else 'n/a'}")
-    if args.full:
-        save_pretrained(model, tokenizer, out / "model")
-        print(f"saved the model to {out / 'model'}")
-    else:
-        save_adapter(model, out / "adapter")
-        print(f"saved the adapter to {out / 'adapter'} (load it with --adapter)")
+    save_trained(args, model, tokenizer, out)
 
 
 def cmd_preferences(args: argparse.Namespace) -> None:
@@ -294,30 +315,15 @@ def cmd_preferences(args: argparse.Namespace) -> None:
           f"in {time.time() - start:.0f} s; wrote {args.out}")
 
 
-def dpo_model(args: argparse.Namespace) -> tuple[TinyLLM, Tokenizer]:
-    """The model DPO trains: the base, the SFT adapter merged in (so that it is the
-    reference), then a fresh adapter on top, or every parameter with ``--full``."""
-    model, tokenizer = load_pretrained(args.base)
-    if args.sft_adapter is not None:
-        merge_and_unload(load_adapter(model, args.sft_adapter))
-    if args.full:
-        model.requires_grad_(True)
-    else:
-        torch.manual_seed(args.train_config.seed)  # the LoRA A matrices are random
-        apply_lora(model, args.lora_config)
-    return model, tokenizer
-
-
 def cmd_dpo(args: argparse.Namespace) -> None:
     from .dpo import DPOObjective, encode_pairs, load_preferences, precompute_reference
 
-    model, tokenizer = dpo_model(args)
+    model, tokenizer = start_model(args, None if args.full else args.lora_config)
     max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
     train = encode_pairs(tokenizer, load_preferences(args.data), max_len, f"{args.data}: pair")
     val = (encode_pairs(tokenizer, load_preferences(args.val), max_len, f"{args.val}: pair")
            if args.val else [])
     config, dpo = args.train_config, args.dpo_config
-    print(trainable_report(model))
     if dpo.precompute_ref or args.full:
         start = time.time()
         precompute_reference(model, train + val, config.batch_size, dpo.loss_type == "ipo")
@@ -331,14 +337,7 @@ def cmd_dpo(args: argparse.Namespace) -> None:
     print(f"{result.reason}; {result.steps} steps; last step: "
           + ", ".join(f"{name} {value:.3f}" for name, value in last.items()
                       if not name.startswith("eval_")))
-    if args.full:
-        save_pretrained(model, tokenizer, out / "model")
-        print(f"saved the model to {out / 'model'}")
-    else:
-        save_adapter(model, out / "adapter")
-        on_top = f"--adapter {args.sft_adapter} " if args.sft_adapter else ""
-        print(f"saved the adapter to {out / 'adapter'} (load it with {on_top}"
-              f"--adapter {out / 'adapter'})")
+    save_trained(args, model, tokenizer, out)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -472,6 +471,25 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------- parser
 
 
+def add_model_flags(parser: argparse.ArgumentParser, what: str, default_out: str) -> None:
+    """The flags ``train`` and ``dpo`` share: which model to start from, what to train
+    (an adapter or ``--full``), and where the run goes."""
+    parser.add_argument("--base", type=model_source, default=BASE_DIR,
+                        help=f"{what}: a folder, a .gguf file or {SMOLLM2} (default: data/base)")
+    parser.add_argument("--sft-adapter", type=existing_path, default=None,
+                        help="an adapter merged into the base first; training starts from "
+                        "that model (and for dpo it is the reference)")
+    parser.add_argument("--full", action="store_true",
+                        help="train every parameter, no LoRA (dpo then precomputes the "
+                        "reference)")
+    parser.add_argument("--max-len", type=positive_int, default=None,
+                        help="token limit per conversation (default: the model's context, "
+                        f"at most {DEFAULT_MAX_LEN}); a longer preference pair is an error")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default {default_out})")
+    parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyllm", description="TinyLLM: instruction tuning from scratch, on a CPU."
@@ -498,20 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(run=cmd_pretrain)
 
     train = commands.add_parser("train", help="fine-tune the base model (LoRA or --full)")
-    train.add_argument("--base", type=model_source, default=BASE_DIR,
-                       help=f"the model to fine-tune: a folder, a .gguf file or {SMOLLM2} "
-                       "(default: data/base)")
+    add_model_flags(train, "the model to fine-tune", "outputs/models/lora or outputs/models/full")
     train.add_argument("--data", type=existing_path, default=DATA_DIR / "train.jsonl",
                        help="training conversations: JSONL, Alpaca or ShareGPT")
     train.add_argument("--val", type=existing_path, default=DATA_DIR / "val.jsonl",
                        help="validation conversations (early stopping, best weights)")
-    train.add_argument("--full", action="store_true", help="train every parameter, no LoRA")
-    train.add_argument("--max-len", type=positive_int, default=None,
-                       help="token limit per conversation (default: the model's context, "
-                       f"at most {DEFAULT_MAX_LEN})")
-    train.add_argument("--out", type=Path, default=None,
-                       help="output folder (default outputs/models/lora or outputs/models/full)")
-    train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     lr_help = (f"peak learning rate (default {LORA_LR} LoRA, {LORA_ALL_LINEAR_LR} with "
                f"--lora-targets all-linear, {FULL_LR} --full: the best rates tried, "
                "experiments/results/lr_sweep.md)")
@@ -536,21 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     prefs.set_defaults(run=cmd_preferences)
 
     dpo = commands.add_parser("dpo", help="preference tuning (DPO) on chosen/rejected pairs")
-    dpo.add_argument("--base", type=model_source, default=BASE_DIR,
-                     help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
-    dpo.add_argument("--sft-adapter", type=existing_path, default=None,
-                     help="merged into the base first: the SFT model is the reference")
+    add_model_flags(dpo, "the model to tune", "outputs/models/dpo")
     dpo.add_argument("--data", type=existing_path, required=True,
                      help="preference pairs (TRL's standard or conversational shape)")
     dpo.add_argument("--val", type=existing_path, default=None,
                      help="validation pairs (early stopping, best weights)")
-    dpo.add_argument("--full", action="store_true",
-                     help="train every parameter (the reference is then precomputed)")
-    dpo.add_argument("--max-len", type=positive_int, default=None,
-                     help="token limit per conversation; a longer pair is an error")
-    dpo.add_argument("--out", type=Path, default=None,
-                     help="output folder (default outputs/models/dpo)")
-    dpo.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     add_config_flags(dpo, "train_config", TRAIN_PRESETS["dpo"])
     add_config_flags(dpo, "dpo_config", DPOConfig())
     add_config_flags(dpo, "lora_config", LoRAConfig(), prefix="lora-")

@@ -48,8 +48,10 @@ from .sampling import SamplingConfig, reply
 from .tokenizer import Tokenizer
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-           "logps/chosen", "logps/rejected")
-"""What a DPO step logs, by TRL's names: means over the step's pairs."""
+           "logps/chosen", "logps/rejected", "nll_loss")
+"""What a DPO step logs, by TRL's names: means over the step's pairs. ``nll_loss`` is the
+chosen reply's negative log-likelihood per token, the term RPO adds; TRL logs it only then,
+this logs it always, since a rising one is the first sign of DPO unlearning its replies."""
 
 
 # ------------------------------------------------------------------------ preference data
@@ -299,9 +301,12 @@ def sequence_logps(
     one. IPO uses it (as TRL does); DPO's sigmoid and hinge losses use the sum.
     """
     logps = token_logps(model(input_ids), labels).sum(-1)
-    if average:
-        return logps / (labels[:, 1:] != IGNORE_INDEX).sum(-1).clamp(min=1)
-    return logps
+    return logps / reply_tokens(labels) if average else logps
+
+
+def reply_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """``[batch]``: how many tokens each sequence's log-probability sums (at least 1)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(-1).clamp(min=1)
 
 
 def dpo_loss(
@@ -433,20 +438,24 @@ class DPOObjective:
         losses, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:],
                                             config.beta, config.loss_type,
                                             config.label_smoothing)
-        return losses, chosen, rejected, policy.detach()
+        nll = -policy[:n] if self.average else -policy[:n] / reply_tokens(batch.labels[:n])
+        if config.rpo_alpha:
+            losses = losses + config.rpo_alpha * nll
+        return losses, chosen, rejected, policy.detach(), nll.detach()
 
     def loss_sum(self, model: nn.Module, batch: PairBatch) -> torch.Tensor:
-        losses, chosen, rejected, policy = self.losses(model, batch)
-        self._add(chosen, rejected, policy)
+        losses, *measured = self.losses(model, batch)
+        self._add(*measured)
         return losses.sum()
 
-    def _add(self, chosen: torch.Tensor, rejected: torch.Tensor, policy: torch.Tensor) -> None:
+    def _add(self, chosen: torch.Tensor, rejected: torch.Tensor, policy: torch.Tensor,
+             nll: torch.Tensor) -> None:
         n = len(chosen)
         values = {
             "rewards/chosen": chosen, "rewards/rejected": rejected,
             "rewards/accuracies": (chosen > rejected).float(),
             "rewards/margins": chosen - rejected,
-            "logps/chosen": policy[:n], "logps/rejected": policy[n:],
+            "logps/chosen": policy[:n], "logps/rejected": policy[n:], "nll_loss": nll,
         }
         for name, value in values.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(value.sum())
@@ -471,9 +480,9 @@ class DPOObjective:
         try:
             for start in range(0, len(examples), batch_size):
                 batch = self.collate(examples[start : start + batch_size], 0).to(device)
-                losses, chosen, rejected, policy = self.losses(model, batch)
+                losses, *measured = self.losses(model, batch)
                 total += float(losses.sum())
-                self._add(chosen, rejected, policy)
+                self._add(*measured)
             metrics = {"loss": total / len(examples), **self.step_metrics()}
         finally:
             self._sums, self._pairs = saved
