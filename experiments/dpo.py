@@ -35,7 +35,8 @@ from tinyllm_lib.dpo import load_preferences
 from tinyllm_lib.files import atomic_path
 
 OUT = Path("outputs/experiments/dpo")
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "experiments" / "results"
 TRAIN_PROMPTS, VAL_PROMPTS = 2000, 200
 DPO = TRAIN_PRESETS["dpo"]
 DPO_RUNS = {  # run name: flags on top of tinyllm dpo's defaults
@@ -51,6 +52,12 @@ def chosen_conversations(pairs_file: Path, out: Path) -> Path:
     write_jsonl(out, [[*pair.prompt, {"role": "assistant", "content": pair.chosen}]
                       for pair in load_preferences(pairs_file)])
     return out
+
+
+def shown(args: list[str]) -> list[str]:
+    """A command as it is recorded: paths relative to the repository."""
+    return [str(Path(arg).relative_to(REPO)) if arg.startswith(str(REPO)) else arg
+            for arg in args]
 
 
 def last_step(run_name: str) -> int:
@@ -71,7 +78,7 @@ def main() -> None:
     data = ["--sft-adapter", str(sft), "--data", str(pairs["train"]), "--val", str(pairs["val"])]
     for name, flags in DPO_RUNS.items():
         seconds = run(["dpo", *data, *flags, "--out", str(OUT / name)])
-        runs[name] = {"command": ["dpo", *data, *flags], "steps": last_step(name),
+        runs[name] = {"command": shown(["dpo", *data, *flags]), "steps": last_step(name),
                       "train_seconds": round(seconds, 1)}
     steps = runs["dpo"]["steps"]
     chosen = {split: chosen_conversations(path, OUT / f"chosen_{split}.jsonl")
@@ -82,7 +89,7 @@ def main() -> None:
                  "--batch-size", str(DPO.batch_size), "--lr", str(lr),
                  "--warmup-steps", str(DPO.warmup_steps), "--eval-every", str(DPO.eval_every)]
         seconds = run(["train", *flags, "--out", str(OUT / name)])
-        runs[name] = {"command": ["train", *flags], "steps": last_step(name),
+        runs[name] = {"command": shown(["train", *flags]), "steps": last_step(name),
                       "train_seconds": round(seconds, 1)}
 
     results: dict = {"pairs": {split: len(load_preferences(path))
@@ -91,7 +98,7 @@ def main() -> None:
         adapters = [sft] if name == "sft" else [sft, OUT / name / "adapter"]
         flags = [arg for adapter in adapters for arg in ("--adapter", str(adapter))]
         reports = evaluate_splits(flags, OUT / name)
-        results[name] = {**runs.get(name, {}), "adapters": [str(a) for a in adapters],
+        results[name] = {**runs.get(name, {}), "adapters": shown([str(a) for a in adapters]),
                          "test": reports["test"], "heldout_facts": reports["heldout_facts"]}
     results["history"] = {name: [json.loads(line) for line in
                                  (Path("outputs/logs") / f"{name}.jsonl").read_text().splitlines()]
@@ -115,6 +122,10 @@ def table(results: dict) -> str:
                      + f" | {100 * test['mean_accuracy']:.1f}"
                      f" | {100 * heldout['mean_accuracy']:.1f}"
                      f" | {results[name].get('steps', '-')} |")
+    lines += ["", "Runs (test split: mean exact match of the eight families; steps of 8):",
+              "- `sft`: `tinyllm eval --adapter data/sft_adapter` (`tinyllm train`'s defaults)"]
+    lines += [f"- `{name}`: `tinyllm {' '.join(results[name]['command'])}`, evaluated on top "
+              "of the SFT adapter" for name in names if "command" in results[name]]
     return "\n".join(lines) + "\n"
 
 

@@ -320,6 +320,47 @@ def accuracy_bars(series: Mapping[str, Mapping[str, float]], title: str) -> Figu
     return fig
 
 
+# --- Chapter 8: preference tuning (DPO) ---
+
+
+def policy_densities(y: np.ndarray, densities: Mapping[str, np.ndarray], title: str) -> Figure:
+    """Probability densities over a one-dimensional reply ``y``, one line each."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, (name, density) in enumerate(densities.items()):
+        ax.plot(y, density, label=name, linestyle="--" if i == len(densities) - 1 else "-")
+    ax.set(xlabel="reply y", ylabel="density", title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def reward_curves(runs: Mapping[str, Sequence[Mapping]], window: int = 10) -> Figure:
+    """DPO's logged rewards per step (``StepRecord`` dicts), one panel per run: the chosen
+    and rejected rewards and their margin, each a ``window``-step mean, and the accuracy."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
+    for ax, (name, history) in zip(axes[0], runs.items(), strict=True):
+        steps = [record["step"] for record in history]
+        for metric, color in (("rewards/chosen", "tab:green"), ("rewards/rejected", "tab:red"),
+                              ("rewards/margins", "tab:blue")):
+            values = [record["metrics"][metric] for record in history]
+            width = min(window, len(values))
+            smooth = np.convolve(values, np.ones(width) / width, mode="valid")
+            ax.plot(steps[width - 1:], smooth, color=color, label=metric)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set(xlabel="optimizer step", ylabel="reward (beta x log-ratio)", title=name)
+        accuracy = ax.twinx()
+        values = [record["metrics"]["rewards/accuracies"] for record in history]
+        width = min(window, len(values))
+        accuracy.plot(steps[width - 1:], np.convolve(values, np.ones(width) / width, "valid"),
+                      color="black", alpha=0.3, label="rewards/accuracies")
+        accuracy.set(ylim=(0, 1.05), ylabel="accuracy")
+        lines = ax.get_legend_handles_labels()
+        more = accuracy.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
 # --- Appendix: benchmarks ---
 
 
