@@ -1,5 +1,7 @@
 """4-bit quantization against bitsandbytes itself (its CPU backend), byte for byte."""
 
+import json
+
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
@@ -136,3 +138,25 @@ def test_quantize_model_replaces_every_linear_but_lm_head():
     assert kinds["lm_head"] is nn.Linear
     assert kinds["model.layers.0.self_attn.q_proj"] is Linear4bit
     assert not any(k is nn.Linear for n, k in kinds.items() if n != "lm_head")
+
+
+def test_cli_train_qlora_writes_an_adapter_for_the_full_precision_base(tmp_path, monkeypatch):
+    from tinyllm_lib.cli import main
+    from tinyllm_lib.formats.peft_adapter import load_adapter
+
+    monkeypatch.chdir(tmp_path)  # the CLI's outputs/ (logs) land here
+    rows = [{"messages": [{"role": "user", "content": "Where does Ada Lane live?"},
+                          {"role": "assistant", "content": "Stonebridge"}]}] * 4
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "qlora"
+    assert main(["train", "--qlora", "--gradient-checkpointing", "--data", str(data),
+                 "--val", str(data), "--max-steps", "2", "--batch-size", "2",
+                 "--out", str(out)]) == 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert len(config["target_modules"]) == 7  # all-linear: every projection
+    model, _ = load_pretrained(BASE_DIR, device="cpu")
+    load_adapter(model, out / "adapter")
+    assert any(layer.lora_B.weight.abs().sum() > 0 for layer in
+               (m for m in model.modules() if hasattr(m, "lora_B")))  # it trained
+    assert main(["train", "--qlora", "--full", "--data", str(data)]) == 2

@@ -40,8 +40,9 @@ from .data import load_conversations, load_task_names, tokenize_conversations
 from .evaluate import EvalReport, compare_reports, evaluate
 from .formats.gguf import GGUF_TYPES, write_gguf
 from .formats.peft_adapter import load_adapter, save_adapter
-from .lora import apply_lora, merge_lora, trainable_report
+from .lora import ALL_LINEAR, apply_lora, merge_lora, trainable_report
 from .model import TinyLLM
+from .quant import quantize_model
 from .sampling import SamplingConfig, print_piece, reply
 from .tokenizer import Tokenizer
 from .train import Trainer
@@ -235,8 +236,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def train_settings(args: argparse.Namespace) -> tuple[TrainConfig, LoRAConfig | None]:
     """``train``'s loop settings and adapter (``None``: ``--full``), with the learning rate
-    ``config.recommended_lr`` gives the method when ``--lr`` is not set."""
+    ``config.recommended_lr`` gives the method when ``--lr`` is not set. ``--qlora``
+    adapts every linear layer unless ``--lora-targets`` names others."""
+    if args.qlora and args.full:
+        raise CLIError("argument --qlora: QLoRA trains LoRA on a frozen 4-bit base; "
+                       "it cannot be combined with --full")
     lora = None if args.full else args.lora_config
+    if args.qlora and lora.target_modules == LoRAConfig().target_modules:
+        lora = dataclasses.replace(lora, target_modules=ALL_LINEAR)  # QLoRA's default
     config = args.train_config
     if args.lr is None:
         config = dataclasses.replace(config, lr=recommended_lr(lora))
@@ -253,6 +260,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if lora is None:
         print("full fine-tuning: every parameter is trained")
     else:
+        if args.qlora:
+            quantize_model(model)  # NF4 + double quantization, every linear but lm_head
+            print("QLoRA: the base's linear layers are frozen in NF4")
         torch.manual_seed(config.seed)  # the LoRA A matrices are random
         apply_lora(model, lora)
     print(trainable_report(model))
@@ -435,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val", type=existing_path, default=DATA_DIR / "val.jsonl",
                        help="validation conversations (early stopping, best weights)")
     train.add_argument("--full", action="store_true", help="train every parameter, no LoRA")
+    train.add_argument("--qlora", action="store_true",
+                       help="QLoRA: the base's linear layers in NF4 with double quantization, "
+                       "LoRA on top (on all-linear unless --lora-targets says otherwise); "
+                       "the adapter loads on the full-precision base")
     train.add_argument("--max-len", type=positive_int, default=None,
                        help="token limit per conversation (default: the model's context, "
                        f"at most {DEFAULT_MAX_LEN})")
