@@ -364,6 +364,34 @@ def tokenizer_section(data: dict[str, Any]) -> list[str]:
     return ["## Tokenizer", "", *table(["measure", "value"], rows), ""]
 
 
+def dpo_memory_section(data: dict[str, Any]) -> list[str]:
+    settings = data["settings"]
+    lines = [
+        "## DPO memory",
+        "",
+        f"Peak resident memory of a fresh process, {settings['steps']} steps of the `Trainer` "
+        f"with a LoRA adapter ({settings['lora']}), batch {settings['batch_size']} "
+        f"(conversations for SFT, pairs for DPO), {settings['seq_len']} tokens a sequence, "
+        f"{settings['allocator']}. The reference is the policy with its adapter off, so no "
+        "second model is held; a batch of B pairs is 2B sequences, hence `sft-2x`.",
+        "",
+    ]
+    modes = list(next(iter(data["sizes"].values()))["peak_rss_mb"])
+    rows = [[size, *(f"{row['peak_rss_mb'][mode]:.0f}" for mode in modes)]
+            for size, row in data["sizes"].items()]
+    lines += table(["size", *(f"{mode} (MB)" for mode in modes)], rows)
+    lines.append("")
+    for size, row in data["sizes"].items():
+        same, seqs = row["dpo_over_sft_same_batch"], row["dpo_over_sft_same_sequences"]
+        lines.append(
+            f"- {size}: DPO / SFT at the same batch **{same['ratio']:.2f}x** (target at most "
+            f"{data['target']}x: {met(same['target_met'])}; above the model alone "
+            f"{same['above_model']:.2f}x); at the same number of sequences {seqs['ratio']:.2f}x "
+            f"(above the model {seqs['above_model']:.2f}x); the live reference pass costs "
+            f"{row['reference_pass_mb']:.0f} MB over a precomputed one.")
+    return lines + ["", machine_line(data["machine"]), ""]
+
+
 def write_report() -> Path:
     """Write ``README.md`` from the results present and return its path."""
     lines = [
@@ -371,7 +399,7 @@ def write_report() -> Path:
         "",
         "Written by the scripts in `bench/` (`python bench/bench_train.py`, "
         "`bench_generate.py`, `bench_memory.py`, `bench_tokenizer.py`, `profile_train.py`, "
-        "`profile_generate.py`, `bench_real_model.py`); "
+        "`profile_generate.py`, `bench_real_model.py`, `bench_dpo_memory.py`); "
         "the JSON files next to this one hold every sample. TinyLLM is compared with Hugging Face "
         "transformers' `LlamaForCausalLM` built from the same configuration and loaded "
         "with the same weights. A speedup is transformers' time over TinyLLM's. "
@@ -382,6 +410,7 @@ def write_report() -> Path:
         "train": train_section, "profile_train": profile_section, "generate": generate_section,
         "profile_generate": profile_generate_section, "memory": memory_section,
         "tokenizer": tokenizer_section, "real_model": real_model_section,
+        "dpo_memory": dpo_memory_section,
     }
     for name, render in sections.items():
         data = load(name)

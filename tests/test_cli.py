@@ -97,6 +97,37 @@ def test_train_then_eval(workspace, full, capsys):
     assert saved["perplexity"] > 1
 
 
+def test_sft_then_preferences_then_dpo_stack_as_adapters(workspace, capsys):
+    """The DPO workflow as a reader types it: an SFT adapter, pairs sampled from it, a DPO
+    adapter trained on top of it (and continued SFT, the experiment's control), each
+    loaded by stacking ``--adapter``s in the order they were trained."""
+    base, data = str(workspace / "base"), str(workspace / "train.jsonl")
+    sft, pairs = workspace / "sft", workspace / "pairs.jsonl"
+    tiny = ["--max-steps", "2", "--batch-size", "2", "--eval-every", "2"]
+    assert main(["train", "--base", base, "--data", data, "--val", data, *tiny,
+                 "--out", str(sft)]) == 0
+    assert main(["preferences", "--model", base, "--adapter", str(sft / "adapter"),
+                 "--data", data, "--limit", "3", "--samples", "2", "--out", str(pairs)]) == 0
+    lines = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert lines and all(set(line) == {"prompt", "chosen", "rejected"} for line in lines)
+    capsys.readouterr()
+    assert main(["dpo", "--base", base, "--sft-adapter", str(sft / "adapter"), "--data",
+                 str(pairs), "--val", str(pairs), *tiny, "--out", str(workspace / "dpo")]) == 0
+    printed = capsys.readouterr().out
+    assert "rewards/margins" in printed and "logps/rejected" in printed
+    assert f"--adapter {sft / 'adapter'} --adapter {workspace / 'dpo' / 'adapter'}" in printed
+    assert main(["train", "--base", base, "--sft-adapter", str(sft / "adapter"), "--data", data,
+                 "--val", data, *tiny, "--out", str(workspace / "more-sft")]) == 0
+    for top in ("dpo", "more-sft"):
+        assert main(["eval", "--model", base, "--adapter", str(sft / "adapter"), "--adapter",
+                     str(workspace / top / "adapter"), "--data", data,
+                     "--max-new-tokens", "2"]) == 0
+    assert main(["dpo", "--base", base, "--data", str(pairs), "--full", "--max-steps", "1",
+                 "--batch-size", "2", "--out", str(workspace / "dpo-full")]) == 0
+    assert "reference log-probabilities of" in capsys.readouterr().out
+    assert (workspace / "dpo-full" / "model" / "model.safetensors").exists()
+
+
 def test_resume_without_checkpoint_and_overwrite_are_clear_errors(workspace, capsys):
     common = ["train", "--base", str(workspace / "base"), "--data", str(workspace / "train.jsonl"),
               "--val", str(workspace / "val.jsonl"), "--max-steps", "2", "--batch-size", "2",

@@ -150,7 +150,8 @@ def test_cli_train_qlora_writes_an_adapter_for_the_full_precision_base(tmp_path,
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "qlora"
-    assert main(["train", "--qlora", "--gradient-checkpointing", "--data", str(data),
+    assert main(["train", "--qlora", "--lora-targets", "all-linear", "--gradient-checkpointing",
+                 "--data", str(data),
                  "--val", str(data), "--max-steps", "2", "--batch-size", "2",
                  "--out", str(out)]) == 0
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())

@@ -329,7 +329,8 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(tmp_p
     assert [r["step"] for r in logged] == [1, 2, 3]
     assert logged[1]["val_loss"] == pytest.approx(val_losses[1])
     assert set(logged[0]) == {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s",
-                              "val_loss"}
+                              "val_loss", "metrics"}
+    assert logged[0]["metrics"] == {}  # next-token prediction measures nothing more
     assert logged[0]["epoch"] == pytest.approx(1 / trainer.steps_per_epoch)
 
 
@@ -402,10 +403,12 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(
     assert_same_weights(weights(resumed_model), weights(uninterrupted))
 
 
-def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("objective", ["nll", "dpo"])
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, objective):
+    dpo = objective == "dpo"
     killed_dir = tmp_path / "killed"
     worker = subprocess.Popen(
-        [sys.executable, str(WORKER), str(killed_dir)], stderr=subprocess.PIPE
+        [sys.executable, str(WORKER), str(killed_dir), objective], stderr=subprocess.PIPE
     )
     log = killed_dir / "run.jsonl"
     deadline = time.monotonic() + 60
@@ -419,9 +422,9 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
     worker.wait()
     assert worker.returncode == -signal.SIGKILL
 
-    resumed = make_trainer(killed_dir)
+    resumed = make_trainer(killed_dir, dpo=dpo)
     resumed_result = resumed.fit(resume=True)
-    reference = make_trainer(tmp_path / "reference")
+    reference = make_trainer(tmp_path / "reference", dpo=dpo)
     reference_result = reference.fit()
 
     assert resumed_result.steps == reference_result.steps == 18
@@ -433,8 +436,8 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
             for key in ("exp_avg", "exp_avg_sq"):
                 assert torch.equal(resumed.optimizer.state[p][key],
                                    reference.optimizer.state[ref_p][key])
-    assert [(r.loss, r.val_loss) for r in resumed_result.history] == [
-        (r.loss, r.val_loss) for r in reference_result.history
+    assert [(r.loss, r.val_loss, r.metrics) for r in resumed_result.history] == [
+        (r.loss, r.val_loss, r.metrics) for r in reference_result.history
     ]
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in logged] == list(range(1, 19))

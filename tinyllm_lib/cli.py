@@ -32,6 +32,7 @@ from .config import (
     PRESETS,
     TRAIN_PRESETS,
     ConfigError,
+    DPOConfig,
     LoRAConfig,
     TrainConfig,
     recommended_lr,
@@ -40,7 +41,7 @@ from .data import load_conversations, load_task_names, tokenize_conversations
 from .evaluate import EvalReport, compare_reports, evaluate
 from .formats.gguf import GGUF_TYPES, write_gguf
 from .formats.peft_adapter import load_adapter, save_adapter
-from .lora import ALL_LINEAR, apply_lora, merge_lora, trainable_report
+from .lora import apply_lora, merge_and_unload, merge_lora, trainable_report
 from .model import TinyLLM
 from .quant import quantize_model
 from .sampling import SamplingConfig, print_piece, reply
@@ -100,17 +101,27 @@ def model_source(text: str) -> str | Path:
     return path
 
 
-def load_model(source: str | Path, adapter_dir: Path | None) -> tuple[TinyLLM, Tokenizer]:
-    """A model (``model_source``), with a LoRA adapter merged in when one is given."""
+def load_model(
+    source: str | Path, adapters: Path | Sequence[Path] | None = None
+) -> tuple[TinyLLM, Tokenizer]:
+    """A model (``model_source``) with LoRA adapters applied in order, when given.
+
+    Each adapter but the last is merged into the weights before the next is loaded, so an
+    adapter trained on top of another (``tinyllm dpo --sft-adapter``) sees the model it
+    was trained on: ``--adapter SFT --adapter DPO``.
+    """
     model, tokenizer = load_pretrained(source)
-    if adapter_dir is not None:
+    adapters = [adapters] if isinstance(adapters, Path) else list(adapters or [])
+    for i, adapter_dir in enumerate(adapters):
+        if i > 0:
+            merge_and_unload(model)
         load_adapter(model, adapter_dir)
     return model.eval(), tokenizer
 
 
 # Flags named otherwise than their field (``--lora-targets`` is shorter than
 # ``--lora-target-modules``), and fields whose flag text needs its own parser.
-FLAG_NAMES = {"target_modules": "targets"}
+FLAG_NAMES = {"target_modules": "targets", "loss_type": "loss"}
 
 
 def parse_targets(text: str) -> tuple[str, ...] | str:
@@ -236,48 +247,105 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def train_settings(args: argparse.Namespace) -> tuple[TrainConfig, LoRAConfig | None]:
     """``train``'s loop settings and adapter (``None``: ``--full``), with the learning rate
-    ``config.recommended_lr`` gives the method when ``--lr`` is not set. ``--qlora``
-    adapts every linear layer unless ``--lora-targets`` names others."""
-    if args.qlora and args.full:
-        raise CLIError("argument --qlora: QLoRA trains LoRA on a frozen 4-bit base; "
-                       "it cannot be combined with --full")
+    ``config.recommended_lr`` gives the method when ``--lr`` is not set."""
     lora = None if args.full else args.lora_config
-    if args.qlora and lora.target_modules == LoRAConfig().target_modules:
-        lora = dataclasses.replace(lora, target_modules=ALL_LINEAR)  # QLoRA's default
     config = args.train_config
     if args.lr is None:
         config = dataclasses.replace(config, lr=recommended_lr(lora))
     return config, lora
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def start_model(args: argparse.Namespace,
+                lora: LoRAConfig | None) -> tuple[TinyLLM, Tokenizer]:
+    """The model ``train`` and ``dpo`` train: the base, ``--sft-adapter`` merged in (for
+    DPO that makes the SFT model the reference), then a fresh adapter on top, or every
+    parameter when ``lora`` is None (``--full``). With ``--qlora`` the base's linear
+    layers are frozen in NF4 first (after the SFT merge, which needs full precision)."""
+    if args.qlora and lora is None:
+        raise CLIError("argument --qlora: QLoRA trains LoRA on a frozen 4-bit base; "
+                       "it cannot be combined with --full")
     model, tokenizer = load_pretrained(args.base)
+    if args.sft_adapter is not None:
+        merge_and_unload(load_adapter(model, args.sft_adapter))
+    if args.qlora:
+        quantize_model(model)  # NF4 + double quantization, every linear but lm_head
+        print("QLoRA: the base's linear layers are frozen in NF4")
+    if lora is None:
+        model.requires_grad_(True)
+        print("full fine-tuning: every parameter is trained")
+    else:
+        torch.manual_seed(args.train_config.seed)  # the LoRA A matrices are random
+        apply_lora(model, lora)
+    print(trainable_report(model))
+    return model, tokenizer
+
+
+def save_trained(args: argparse.Namespace, model: TinyLLM, tokenizer: Tokenizer,
+                 out: Path) -> None:
+    """What ``train`` and ``dpo`` keep: the whole model with ``--full``, else the adapter,
+    and how to load it (after ``--sft-adapter``'s, which it was trained on top of)."""
+    if args.full:
+        save_pretrained(model, tokenizer, out / "model")
+        print(f"saved the model to {out / 'model'}")
+        return
+    save_adapter(model, out / "adapter")
+    on_top = f"--adapter {args.sft_adapter} " if args.sft_adapter else ""
+    print(f"saved the adapter to {out / 'adapter'} (load it with {on_top}"
+          f"--adapter {out / 'adapter'})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    config, lora = train_settings(args)
+    model, tokenizer = start_model(args, lora)
     max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
     train_examples = tokenize_conversations(tokenizer, load_conversations(args.data), max_len)
     val_examples = (tokenize_conversations(tokenizer, load_conversations(args.val), max_len)
                     if args.val else [])
-    config, lora = train_settings(args)
-    if lora is None:
-        print("full fine-tuning: every parameter is trained")
-    else:
-        if args.qlora:
-            quantize_model(model)  # NF4 + double quantization, every linear but lm_head
-            print("QLoRA: the base's linear layers are frozen in NF4")
-        torch.manual_seed(config.seed)  # the LoRA A matrices are random
-        apply_lora(model, lora)
-    print(trainable_report(model))
     out = args.out or OUTPUTS / "models" / ("full" if args.full else "lora")
     trainer = Trainer(model, train_examples, val_examples, config, pad_id=tokenizer.pad_id,
                       out_dir=out, log_dir=OUTPUTS / "logs", run_name=out.name)
     result = trainer.fit(resume=args.resume)
     print(f"{result.reason}; {result.steps} steps; best validation loss "
           f"{result.best_val_loss if result.best_val_loss is not None else 'n/a'}")
-    if args.full:
-        save_pretrained(model, tokenizer, out / "model")
-        print(f"saved the model to {out / 'model'}")
-    else:
-        save_adapter(model, out / "adapter")
-        print(f"saved the adapter to {out / 'adapter'} (load it with --adapter)")
+    save_trained(args, model, tokenizer, out)
+
+
+def cmd_preferences(args: argparse.Namespace) -> None:
+    from .dpo import sample_preferences, write_preferences
+
+    model, tokenizer = load_model(args.model, args.adapter)
+    conversations = load_conversations(args.data)[: args.limit]
+    start = time.time()
+    pairs = sample_preferences(model, tokenizer, conversations, samples=args.samples,
+                               temperature=args.temperature, seed=args.seed)
+    write_preferences(args.out, pairs)
+    print(f"{len(pairs)} pairs from {len(conversations)} prompts ({args.samples} samples each) "
+          f"in {time.time() - start:.0f} s; wrote {args.out}")
+
+
+def cmd_dpo(args: argparse.Namespace) -> None:
+    from .dpo import DPOObjective, encode_pairs, load_preferences, precompute_reference
+
+    model, tokenizer = start_model(args, None if args.full else args.lora_config)
+    max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
+    train = encode_pairs(tokenizer, load_preferences(args.data), max_len, f"{args.data}: pair")
+    val = (encode_pairs(tokenizer, load_preferences(args.val), max_len, f"{args.val}: pair")
+           if args.val else [])
+    config, dpo = args.train_config, args.dpo_config
+    if dpo.precompute_ref or args.full:
+        start = time.time()
+        precompute_reference(model, train + val, config.batch_size, dpo.loss_type == "ipo")
+        print(f"reference log-probabilities of {len(train) + len(val)} pairs computed in "
+              f"{time.time() - start:.0f} s")
+    out = args.out or OUTPUTS / "models" / "dpo"
+    trainer = Trainer(model, train, val, config, pad_id=tokenizer.pad_id, out_dir=out,
+                      log_dir=OUTPUTS / "logs", run_name=out.name, objective=DPOObjective(dpo))
+    result = trainer.fit(resume=args.resume)
+    last = result.history[-1].metrics
+    print(f"{result.reason}; {result.steps} steps; last step: "
+          + ", ".join(f"{name} {value:.3f}" for name, value in last.items()
+                      if not name.startswith("eval_")))
+    save_trained(args, model, tokenizer, out)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -411,6 +479,30 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------- parser
 
 
+def add_model_flags(parser: argparse.ArgumentParser, what: str, default_out: str) -> None:
+    """The flags ``train`` and ``dpo`` share: which model to start from, what to train
+    (an adapter or ``--full``), and where the run goes."""
+    parser.add_argument("--base", type=model_source, default=BASE_DIR,
+                        help=f"{what}: a folder, a .gguf file or {SMOLLM2} (default: data/base)")
+    parser.add_argument("--sft-adapter", type=existing_path, default=None,
+                        help="an adapter merged into the base first; training starts from "
+                        "that model (and for dpo it is the reference)")
+    parser.add_argument("--full", action="store_true",
+                        help="train every parameter, no LoRA (dpo then precomputes the "
+                        "reference)")
+    parser.add_argument("--qlora", action="store_true",
+                        help="QLoRA: the base's linear layers in NF4 with double "
+                        "quantization, LoRA on top (the QLoRA paper adapts every linear "
+                        "layer: add --lora-targets all-linear); the adapter loads on the "
+                        "full-precision base")
+    parser.add_argument("--max-len", type=positive_int, default=None,
+                        help="token limit per conversation (default: the model's context, "
+                        f"at most {DEFAULT_MAX_LEN}); a longer preference pair is an error")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default {default_out})")
+    parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyllm", description="TinyLLM: instruction tuning from scratch, on a CPU."
@@ -437,24 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(run=cmd_pretrain)
 
     train = commands.add_parser("train", help="fine-tune the base model (LoRA or --full)")
-    train.add_argument("--base", type=model_source, default=BASE_DIR,
-                       help=f"the model to fine-tune: a folder, a .gguf file or {SMOLLM2} "
-                       "(default: data/base)")
+    add_model_flags(train, "the model to fine-tune", "outputs/models/lora or outputs/models/full")
     train.add_argument("--data", type=existing_path, default=DATA_DIR / "train.jsonl",
                        help="training conversations: JSONL, Alpaca or ShareGPT")
     train.add_argument("--val", type=existing_path, default=DATA_DIR / "val.jsonl",
                        help="validation conversations (early stopping, best weights)")
-    train.add_argument("--full", action="store_true", help="train every parameter, no LoRA")
-    train.add_argument("--qlora", action="store_true",
-                       help="QLoRA: the base's linear layers in NF4 with double quantization, "
-                       "LoRA on top (on all-linear unless --lora-targets says otherwise); "
-                       "the adapter loads on the full-precision base")
-    train.add_argument("--max-len", type=positive_int, default=None,
-                       help="token limit per conversation (default: the model's context, "
-                       f"at most {DEFAULT_MAX_LEN})")
-    train.add_argument("--out", type=Path, default=None,
-                       help="output folder (default outputs/models/lora or outputs/models/full)")
-    train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     lr_help = (f"peak learning rate (default {LORA_LR} LoRA, {LORA_ALL_LINEAR_LR} with "
                f"--lora-targets all-linear, {FULL_LR} --full: the best rates tried, "
                "experiments/results/lr_sweep.md)")
@@ -464,10 +543,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train, "lora_config", LoRAConfig(), prefix="lora-")
     train.set_defaults(run=cmd_train)
 
+    prefs = commands.add_parser(
+        "preferences", help="sample a model on prompts: preference pairs for dpo")
+    prefs.add_argument("--model", type=model_source, default=BASE_DIR)
+    prefs.add_argument("--adapter", type=existing_path, action="append", default=None,
+                       help="the SFT adapter to sample (repeat to stack adapters in order)")
+    prefs.add_argument("--data", type=existing_path, default=DATA_DIR / "train.jsonl",
+                       help="conversations ending with the expected reply")
+    prefs.add_argument("--out", type=Path, required=True, help="the pairs' JSONL file")
+    prefs.add_argument("--limit", type=positive_int, default=None, help="first N prompts")
+    prefs.add_argument("--samples", type=positive_int, default=4, help="replies per prompt")
+    prefs.add_argument("--temperature", type=float, default=0.8)
+    prefs.add_argument("--seed", type=int, default=0)
+    prefs.set_defaults(run=cmd_preferences)
+
+    dpo = commands.add_parser("dpo", help="preference tuning (DPO) on chosen/rejected pairs")
+    add_model_flags(dpo, "the model to tune", "outputs/models/dpo")
+    dpo.add_argument("--data", type=existing_path, required=True,
+                     help="preference pairs (TRL's standard or conversational shape)")
+    dpo.add_argument("--val", type=existing_path, default=None,
+                     help="validation pairs (early stopping, best weights)")
+    add_config_flags(dpo, "train_config", TRAIN_PRESETS["dpo"])
+    add_config_flags(dpo, "dpo_config", DPOConfig())
+    add_config_flags(dpo, "lora_config", LoRAConfig(), prefix="lora-")
+    dpo.set_defaults(run=cmd_dpo)
+
     ev = commands.add_parser("eval", help="exact match per task and perplexity")
     ev.add_argument("--model", type=model_source, default=BASE_DIR,
                     help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
-    ev.add_argument("--adapter", type=existing_path, default=None)
+    ev.add_argument("--adapter", type=existing_path, action="append", default=None,
+                    help="a LoRA adapter; repeat to stack them in order (SFT, then DPO)")
     ev.add_argument("--data", type=existing_path, default=DATA_DIR / "test.jsonl")
     ev.add_argument("--limit", type=positive_int, default=None, help="first N conversations")
     ev.add_argument("--max-new-tokens", type=positive_int, default=32)
@@ -481,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="talk to a model in the terminal")
     chat.add_argument("--model", type=model_source, default=BASE_DIR,
                       help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
-    chat.add_argument("--adapter", type=existing_path, default=None)
+    chat.add_argument("--adapter", type=existing_path, action="append", default=None,
+                      help="a LoRA adapter; repeat to stack them in order (SFT, then DPO)")
     chat.add_argument("--system", default=None,
                       help="the system prompt (default: the model's own, from its chat template)")
     add_config_flags(chat, "sampling", SamplingConfig())

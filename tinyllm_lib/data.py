@@ -145,7 +145,7 @@ def check_conversation(messages: Sequence[Message]) -> None:
     split_turns(messages)  # checks each message, the order of roles and the last reply
 
 
-def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
+def read_records(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, record)`` pairs, ``where`` being "line N" or "record [i]"."""
     if path.suffix not in (".jsonl", ".json"):
         raise DatasetError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .json)")
@@ -170,7 +170,7 @@ def load_conversations(path: str | Path) -> list[list[Message]]:
     """
     path = Path(path)
     conversations = []
-    for where, record in _read_records(path):
+    for where, record in read_records(path):
         try:
             conversations.append(record_to_messages(record))
         except ValueError as err:
@@ -186,7 +186,7 @@ def load_task_names(path: str | Path, default: str = "all") -> list[str]:
     """
     path = Path(path)
     names = []
-    for where, record in _read_records(path):
+    for where, record in read_records(path):
         task = record.get("task", default) if isinstance(record, dict) else default
         if not isinstance(task, str):
             raise DatasetError(f"{path}: {where}: 'task' must be a string, got {_json_type(task)}")

@@ -227,6 +227,21 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every adapter and put the plain ``nn.Linear`` back in its place (PEFT's name).
+
+    Afterwards the model has no LoRA layers: it is an ordinary model whose weights hold
+    the update, which a new adapter can be applied on top of. Preference tuning after
+    supervised fine-tuning needs this: its reference must be the fine-tuned model, and
+    ``disable_adapters`` switches off only the adapter being trained.
+    """
+    merge_lora(model)
+    for path, layer in lora_layers(model):
+        parent_path, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), name, layer.base_layer)
+    return model
+
+
 @torch.no_grad()
 def unmerge_lora(model: nn.Module) -> nn.Module:
     """Subtract the update again, giving back the base weights (to float rounding)."""

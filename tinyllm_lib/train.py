@@ -63,9 +63,11 @@ class TrainingDiverged(RuntimeError):
 class StepRecord:
     """What one optimizer step did: a line of the JSONL log and of ``TrainResult.history``.
 
-    ``loss`` is the mean NLL per label token of the step, ``grad_norm`` the global gradient
-    norm *before* clipping (a spike there is the first sign of trouble), ``epoch`` the
-    fraction of epochs done, ``val_loss`` the validation loss when the step evaluated.
+    ``loss`` is the step's mean loss (per label token for next-token prediction, per pair
+    for DPO), ``grad_norm`` the global gradient norm *before* clipping (a spike there is
+    the first sign of trouble), ``epoch`` the fraction of epochs done, ``val_loss`` the
+    validation loss when the step evaluated. ``metrics`` holds what the objective measured
+    besides the loss (``Objective.step_metrics``; ``eval_``-prefixed on validation steps).
     """
 
     step: int
@@ -75,6 +77,7 @@ class StepRecord:
     grad_norm: float
     tokens_per_s: float
     val_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -208,15 +211,30 @@ def batch_nll_sum(
 
 
 class Objective(Protocol):
-    """What a training step minimises: a sum over a micro-batch, and what it is a sum of.
+    """What a training step minimises, over what kind of example, and how it is validated.
 
     A step's loss is ``sum of loss_sum / sum of count`` over its micro-batches: a mean per
-    label token for next-token prediction, a mean per preference pair for DPO.
+    label token for next-token prediction, a mean per preference pair for DPO. The
+    objective also knows its examples: how to check them before training (``check``), how
+    to batch them (``collate``), and how to score a validation set (``validate``: a dict
+    whose ``"loss"`` decides early stopping, plus any other metrics). ``step_metrics``
+    hands over, and forgets, what the micro-batches since the last call measured besides
+    the loss (DPO's rewards); an objective with nothing more returns ``{}``.
     """
+
+    def check(self, examples: Sequence[Any]) -> None: ...
+
+    def collate(self, examples: Sequence[Any], pad_id: int) -> Batch: ...
 
     def count(self, batch: Batch) -> int: ...
 
     def loss_sum(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    def step_metrics(self) -> dict[str, float]: ...
+
+    def validate(
+        self, model: nn.Module, examples: Sequence[Any], batch_size: int
+    ) -> dict[str, float]: ...
 
 
 class NextTokenNLL:
@@ -232,11 +250,37 @@ class NextTokenNLL:
         self.bf16 = bf16
         self.nll_sum = torch.compile(batch_nll_sum) if compile else batch_nll_sum
 
+    def check(self, examples: Sequence[TrainingExample]) -> None:
+        """Every example has as many labels as ids, and something to learn."""
+        for i, example in enumerate(examples):
+            if len(example.labels) != len(example.input_ids):
+                raise ValueError(
+                    f"train example {i}: {len(example.input_ids)} input ids but "
+                    f"{len(example.labels)} labels"
+                )
+            if all(label == IGNORE_INDEX for label in example.labels[1:]):
+                raise ValueError(
+                    f"train example {i}: no label tokens (labels[1:] are all -100), "
+                    "so it would teach nothing"
+                )
+
+    def collate(self, examples: Sequence[TrainingExample], pad_id: int) -> Batch:
+        return collate(examples, pad_id)
+
     def count(self, batch: Batch) -> int:
         return label_token_count(batch.labels)
 
     def loss_sum(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self.nll_sum(model, batch.input_ids, batch.labels, self.bf16)
+
+    def step_metrics(self) -> dict[str, float]:
+        return {}
+
+    def validate(
+        self, model: nn.Module, examples: Sequence[TrainingExample], batch_size: int
+    ) -> dict[str, float]:
+        """The mean NLL per label token, in float32 even under bf16."""
+        return {"loss": mean_nll(model, examples, batch_size)}
 
 
 def local_count(count: int) -> int:
@@ -301,22 +345,6 @@ def _check_settings(config: TrainConfig, has_val: bool, out_dir: Path | None) ->
         raise ValueError("TrainConfig: patience needs validation examples")
     if config.save_every is not None and out_dir is None:
         raise ValueError("TrainConfig: save_every needs an out_dir")
-
-
-def _check_train_examples(examples: Sequence[TrainingExample]) -> None:
-    if not examples:
-        raise ValueError("Trainer: no training examples")
-    for i, example in enumerate(examples):
-        if len(example.labels) != len(example.input_ids):
-            raise ValueError(
-                f"train example {i}: {len(example.input_ids)} input ids but "
-                f"{len(example.labels)} labels"
-            )
-        if all(label == IGNORE_INDEX for label in example.labels[1:]):
-            raise ValueError(
-                f"train example {i}: no label tokens (labels[1:] are all -100), "
-                "so it would teach nothing"
-            )
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -408,7 +436,10 @@ class Trainer:
     ) -> None:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         _check_settings(config, bool(val_examples), self.out_dir)
-        _check_train_examples(train_examples)
+        if not train_examples:
+            raise ValueError("Trainer: no training examples")
+        self.objective = objective or NextTokenNLL(config.bf16, config.compile)
+        self.objective.check(train_examples)
         if not trainable_parameters(model):
             raise ValueError("Trainer: the model has no parameter with requires_grad=True")
         self.config = config
@@ -423,7 +454,6 @@ class Trainer:
             if not hasattr(model, "gradient_checkpointing"):
                 raise ValueError(f"Trainer: {type(model).__name__} has no gradient checkpointing")
             model.gradient_checkpointing = True
-        self.objective = objective or NextTokenNLL(config.bf16, config.compile)
         # fused=True: one kernel updates all parameters instead of a chain of for-each
         # operations; the same AdamW math with fewer passes over memory.
         self.optimizer = torch.optim.AdamW(
@@ -503,7 +533,7 @@ class Trainer:
         started = time.perf_counter()
         step = self.state.step
         batches = [
-            collate([self.train_examples[i] for i in chunk], self.pad_id)
+            self.objective.collate([self.train_examples[i] for i in chunk], self.pad_id)
             for chunk in micro_batches(self.step_indices(step), self.config.batch_size)
         ]
         lr = lr_at(step, self.config, self.total_steps)
@@ -528,12 +558,14 @@ class Trainer:
             lr=lr,
             grad_norm=grad_norm,
             tokens_per_s=loss.input_tokens / (time.perf_counter() - started),
+            metrics=self.objective.step_metrics(),
         )
 
     def _evaluate(self, record: StepRecord) -> None:
         """Validate, and remember the weights when they are the best so far."""
-        # The mean NLL per label token, in float32 even under bf16: it decides early stopping.
-        record.val_loss = mean_nll(self.model, self.val_examples, self.config.batch_size)
+        metrics = self.objective.validate(self.model, self.val_examples, self.config.batch_size)
+        record.val_loss = metrics.pop("loss")  # it decides early stopping
+        record.metrics.update({f"eval_{name}": value for name, value in metrics.items()})
         state = self.state
         if state.best_val_loss is None or record.val_loss < state.best_val_loss:
             state.best_val_loss, state.best_step = record.val_loss, record.step
