@@ -43,6 +43,7 @@ from .formats.gguf import GGUF_TYPES, write_gguf
 from .formats.peft_adapter import load_adapter, save_adapter
 from .lora import apply_lora, merge_and_unload, merge_lora, trainable_report
 from .model import TinyLLM
+from .quant import quantize_model
 from .sampling import SamplingConfig, print_piece, reply
 from .tokenizer import Tokenizer
 from .train import Trainer
@@ -258,10 +259,17 @@ def start_model(args: argparse.Namespace,
                 lora: LoRAConfig | None) -> tuple[TinyLLM, Tokenizer]:
     """The model ``train`` and ``dpo`` train: the base, ``--sft-adapter`` merged in (for
     DPO that makes the SFT model the reference), then a fresh adapter on top, or every
-    parameter when ``lora`` is None (``--full``)."""
+    parameter when ``lora`` is None (``--full``). With ``--qlora`` the base's linear
+    layers are frozen in NF4 first (after the SFT merge, which needs full precision)."""
+    if args.qlora and lora is None:
+        raise CLIError("argument --qlora: QLoRA trains LoRA on a frozen 4-bit base; "
+                       "it cannot be combined with --full")
     model, tokenizer = load_pretrained(args.base)
     if args.sft_adapter is not None:
         merge_and_unload(load_adapter(model, args.sft_adapter))
+    if args.qlora:
+        quantize_model(model)  # NF4 + double quantization, every linear but lm_head
+        print("QLoRA: the base's linear layers are frozen in NF4")
     if lora is None:
         model.requires_grad_(True)
         print("full fine-tuning: every parameter is trained")
@@ -482,6 +490,11 @@ def add_model_flags(parser: argparse.ArgumentParser, what: str, default_out: str
     parser.add_argument("--full", action="store_true",
                         help="train every parameter, no LoRA (dpo then precomputes the "
                         "reference)")
+    parser.add_argument("--qlora", action="store_true",
+                        help="QLoRA: the base's linear layers in NF4 with double "
+                        "quantization, LoRA on top (the QLoRA paper adapts every linear "
+                        "layer: add --lora-targets all-linear); the adapter loads on the "
+                        "full-precision base")
     parser.add_argument("--max-len", type=positive_int, default=None,
                         help="token limit per conversation (default: the model's context, "
                         f"at most {DEFAULT_MAX_LEN}); a longer preference pair is an error")

@@ -210,15 +210,16 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Fold ``scale * B @ A`` into every base weight: inference then costs nothing extra.
 
     Every base must be an ``nn.Linear``: a weight stored as 4-bit codes cannot take the
-    update without being quantized again (export with ``merged_state_dict`` instead).
+    update without being quantized again (merge into the full-precision base instead).
     """
     layers = require_lora(model, "merge_lora", merged=False)
     for path, layer in lora_layers(model):
         if not isinstance(layer.base_layer, nn.Linear):
             raise ValueError(
                 f"merge_lora: {path}'s base is a {type(layer.base_layer).__name__}, not an "
-                "nn.Linear; its weight cannot take the update in place (merged_state_dict "
-                "exports the merged weights instead)"
+                "nn.Linear; a 4-bit weight cannot take the update without being quantized "
+                "again. Save the adapter and merge into the full-precision base instead "
+                "(tinyllm export --adapter DIR --merge-adapter)"
             )
     for layer in layers:
         layer.base_layer.weight.copy_(layer.merged_weight())
