@@ -91,6 +91,26 @@ def test_full_fine_tune_of_smollm2_one_step(workspace, capsys):
     assert tokenizer.vocabulary == load_pretrained(SMOLLM2)[1].vocabulary  # the same tokenizer
 
 
+def test_qlora_on_smollm2_with_gradient_checkpointing_then_eval_on_the_4bit_base(
+        workspace, capsys):
+    """``--qlora`` on the real model: its 210 linear layers in NF4, rank-8 LoRA on all of
+    them (the default with ``--qlora``), one step through checkpointed blocks; then the
+    adapter evaluates on the 4-bit base it trained on (``eval --qlora``)."""
+    assert main(train_args(workspace, "qlora", "--qlora", "--gradient-checkpointing",
+                           "--max-steps", "1")) == 0
+    printed = capsys.readouterr().out
+    # 30 layers x rank 8 x (q 576+576, k 576+192, v 576+192, o 576+576, 3 x mlp 576+1536)
+    assert "trainable params: 2,442,240 " in printed and "finished all 1 steps" in printed
+    adapter = workspace / "qlora" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert len(config["target_modules"]) == 7
+    report = workspace / "qlora-report.json"
+    assert main(["eval", "--qlora", "--model", SMOLLM2, "--adapter", str(adapter), "--data",
+                 str(workspace / "val.jsonl"), "--limit", "2", "--max-new-tokens", "4",
+                 "--json", str(report)]) == 0
+    assert sum(json.loads(report.read_text())["total"].values()) == 2
+
+
 def test_the_model_flags_take_a_folder_a_gguf_file_or_a_known_name(workspace, capsys):
     """One argparse type for ``train --base``, ``eval --model`` and ``chat --model``."""
     assert parse(["train", "--base", SMOLLM2]).base == SMOLLM2

@@ -140,6 +140,31 @@ def test_quantize_model_replaces_every_linear_but_lm_head():
     assert not any(k is nn.Linear for n, k in kinds.items() if n != "lm_head")
 
 
+def test_peft_loads_a_qlora_adapter_on_the_full_precision_base(tmp_path):
+    """A QLoRA adapter has the plain LoRA names (nothing 4-bit leaks into them), so PEFT
+    puts it on the full-precision base and computes what ours does there."""
+    import peft  # a test dependency (requirements.txt): a missing install fails
+    from test_lora import randomize_b
+    from test_peft_adapter import hf_llama
+
+    from tinyllm_lib.formats.peft_adapter import load_adapter, save_adapter
+
+    qlora, _ = load_pretrained(BASE_DIR, device="cpu")
+    apply_lora(quantize_model(qlora), LoRAConfig(target_modules="all-linear"))
+    randomize_b(qlora)
+    save_adapter(qlora, tmp_path)
+    full, _ = load_pretrained(BASE_DIR, device="cpu")
+    peft_model = peft.PeftModel.from_pretrained(hf_llama(full), tmp_path).eval()
+    load_adapter(full, tmp_path)
+    ids = torch.randint(0, full.config.vocab_size, (2, 24),
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs, on_4bit = full(ids), peft_model(ids).logits, qlora.eval()(ids)
+    assert (theirs - ours).abs().max() < 1e-4
+    # The 4-bit base is an approximation of the full one: close, not equal.
+    assert 1e-3 < (on_4bit - ours).abs().max() < 2.0
+
+
 def test_cli_train_qlora_writes_an_adapter_for_the_full_precision_base(tmp_path, monkeypatch):
     from tinyllm_lib.cli import main
     from tinyllm_lib.formats.peft_adapter import load_adapter
@@ -150,12 +175,15 @@ def test_cli_train_qlora_writes_an_adapter_for_the_full_precision_base(tmp_path,
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "qlora"
-    assert main(["train", "--qlora", "--lora-targets", "all-linear", "--gradient-checkpointing",
-                 "--data", str(data),
+    assert main(["train", "--qlora", "--gradient-checkpointing", "--data", str(data),
                  "--val", str(data), "--max-steps", "2", "--batch-size", "2",
                  "--out", str(out)]) == 0
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert len(config["target_modules"]) == 7  # all-linear: every projection
+    assert len(config["target_modules"]) == 7  # --qlora's default, all-linear: every projection
+    report = tmp_path / "report.json"  # eval --qlora: the adapter on the 4-bit base it trained on
+    assert main(["eval", "--qlora", "--adapter", str(out / "adapter"), "--data", str(data),
+                 "--limit", "2", "--max-new-tokens", "2", "--json", str(report)]) == 0
+    assert sum(json.loads(report.read_text())["total"].values()) == 2
     model, _ = load_pretrained(BASE_DIR, device="cpu")
     load_adapter(model, out / "adapter")
     assert any(layer.lora_B.weight.abs().sum() > 0 for layer in

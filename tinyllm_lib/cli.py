@@ -41,7 +41,7 @@ from .data import load_conversations, load_task_names, tokenize_conversations
 from .evaluate import EvalReport, compare_reports, evaluate
 from .formats.gguf import GGUF_TYPES, write_gguf
 from .formats.peft_adapter import load_adapter, save_adapter
-from .lora import apply_lora, merge_and_unload, merge_lora, trainable_report
+from .lora import ALL_LINEAR, apply_lora, merge_and_unload, merge_lora, trainable_report
 from .model import TinyLLM
 from .quant import quantize_model
 from .sampling import SamplingConfig, print_piece, reply
@@ -102,20 +102,24 @@ def model_source(text: str) -> str | Path:
 
 
 def load_model(
-    source: str | Path, adapters: Path | Sequence[Path] | None = None
+    source: str | Path, adapters: Path | Sequence[Path] | None = None, qlora: bool = False,
 ) -> tuple[TinyLLM, Tokenizer]:
     """A model (``model_source``) with LoRA adapters applied in order, when given.
 
     Each adapter but the last is merged into the weights before the next is loaded, so an
     adapter trained on top of another (``tinyllm dpo --sft-adapter``) sees the model it
-    was trained on: ``--adapter SFT --adapter DPO``.
+    was trained on: ``--adapter SFT --adapter DPO``. With ``qlora`` the last adapter runs
+    on the base frozen in NF4, as ``train --qlora`` trained it (the merges before it are
+    done in full precision, as training did them).
     """
     model, tokenizer = load_pretrained(source)
     adapters = [adapters] if isinstance(adapters, Path) else list(adapters or [])
-    for i, adapter_dir in enumerate(adapters):
-        if i > 0:
-            merge_and_unload(model)
-        load_adapter(model, adapter_dir)
+    for adapter_dir in adapters[:-1]:
+        merge_and_unload(load_adapter(model, adapter_dir))
+    if qlora:
+        quantize_model(model)
+    if adapters:
+        load_adapter(model, adapters[-1])
     return model.eval(), tokenizer
 
 
@@ -245,10 +249,22 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
           f"saved to {args.out}")
 
 
+def lora_settings(args: argparse.Namespace) -> LoRAConfig | None:
+    """The adapter ``train`` and ``dpo`` train (``None``: ``--full``). Without
+    ``--lora-targets``, QLoRA adapts every linear layer, as the QLoRA paper does (its
+    finding: adapting all of them is what matches 16-bit fine-tuning); LoRA adapts
+    ``q_proj`` and ``v_proj``."""
+    if args.full:
+        return None
+    if args.qlora and args.lora_targets is None:
+        return dataclasses.replace(args.lora_config, target_modules=ALL_LINEAR)
+    return args.lora_config
+
+
 def train_settings(args: argparse.Namespace) -> tuple[TrainConfig, LoRAConfig | None]:
     """``train``'s loop settings and adapter (``None``: ``--full``), with the learning rate
     ``config.recommended_lr`` gives the method when ``--lr`` is not set."""
-    lora = None if args.full else args.lora_config
+    lora = lora_settings(args)
     config = args.train_config
     if args.lr is None:
         config = dataclasses.replace(config, lr=recommended_lr(lora))
@@ -326,7 +342,7 @@ def cmd_preferences(args: argparse.Namespace) -> None:
 def cmd_dpo(args: argparse.Namespace) -> None:
     from .dpo import DPOObjective, encode_pairs, load_preferences, precompute_reference
 
-    model, tokenizer = start_model(args, None if args.full else args.lora_config)
+    model, tokenizer = start_model(args, lora_settings(args))
     max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
     train = encode_pairs(tokenizer, load_preferences(args.data), max_len, f"{args.data}: pair")
     val = (encode_pairs(tokenizer, load_preferences(args.val), max_len, f"{args.val}: pair")
@@ -349,7 +365,7 @@ def cmd_dpo(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    model, tokenizer = load_model(args.model, args.adapter)
+    model, tokenizer = load_model(args.model, args.adapter, qlora=args.qlora)
     conversations = load_conversations(args.data)
     tasks = load_task_names(args.data)
     if args.limit:
@@ -402,7 +418,7 @@ def chat_command(line: str, state: dict, sampling: SamplingConfig) -> SamplingCo
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    model, tokenizer = load_model(args.model, args.adapter)
+    model, tokenizer = load_model(args.model, args.adapter, qlora=args.qlora)
     sampling = args.sampling
     default = default_system(tokenizer)  # the model's own: SmolLM2's template has its own
     system = default if args.system is None else args.system
@@ -479,6 +495,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------- parser
 
 
+QLORA_RUN_HELP = ("run on the base frozen in NF4, as train --qlora trained the (last) "
+                  "adapter; without it the adapter runs on the full-precision base")
+
+
+LORA_TARGETS_HELP = {"target_modules": 'comma-separated module names, or "all-linear" '
+                     "(default: q_proj,v_proj; all-linear with --qlora)"}
+
+
 def add_model_flags(parser: argparse.ArgumentParser, what: str, default_out: str) -> None:
     """The flags ``train`` and ``dpo`` share: which model to start from, what to train
     (an adapter or ``--full``), and where the run goes."""
@@ -492,9 +516,9 @@ def add_model_flags(parser: argparse.ArgumentParser, what: str, default_out: str
                         "reference)")
     parser.add_argument("--qlora", action="store_true",
                         help="QLoRA: the base's linear layers in NF4 with double "
-                        "quantization, LoRA on top (the QLoRA paper adapts every linear "
-                        "layer: add --lora-targets all-linear); the adapter loads on the "
-                        "full-precision base")
+                        "quantization, LoRA on top (on every linear layer unless "
+                        "--lora-targets says otherwise); the adapter loads on the "
+                        "full-precision base, or on the 4-bit one with eval --qlora")
     parser.add_argument("--max-len", type=positive_int, default=None,
                         help="token limit per conversation (default: the model's context, "
                         f"at most {DEFAULT_MAX_LEN}); a longer preference pair is an error")
@@ -540,7 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train, "train_config", TRAIN_PRESETS["finetune"],
                      help_overrides={"lr": lr_help})
     train.set_defaults(lr=None)  # None: config.recommended_lr for the method
-    add_config_flags(train, "lora_config", LoRAConfig(), prefix="lora-")
+    add_config_flags(train, "lora_config", LoRAConfig(), prefix="lora-",
+                     help_overrides=LORA_TARGETS_HELP)
+    train.set_defaults(lora_targets=None)  # None: lora_settings picks by --qlora
     train.set_defaults(run=cmd_train)
 
     prefs = commands.add_parser(
@@ -565,7 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validation pairs (early stopping, best weights)")
     add_config_flags(dpo, "train_config", TRAIN_PRESETS["dpo"])
     add_config_flags(dpo, "dpo_config", DPOConfig())
-    add_config_flags(dpo, "lora_config", LoRAConfig(), prefix="lora-")
+    add_config_flags(dpo, "lora_config", LoRAConfig(), prefix="lora-",
+                     help_overrides=LORA_TARGETS_HELP)
+    dpo.set_defaults(lora_targets=None)  # None: lora_settings picks by --qlora
     dpo.set_defaults(run=cmd_dpo)
 
     ev = commands.add_parser("eval", help="exact match per task and perplexity")
@@ -573,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
     ev.add_argument("--adapter", type=existing_path, action="append", default=None,
                     help="a LoRA adapter; repeat to stack them in order (SFT, then DPO)")
+    ev.add_argument("--qlora", action="store_true", help=QLORA_RUN_HELP)
     ev.add_argument("--data", type=existing_path, default=DATA_DIR / "test.jsonl")
     ev.add_argument("--limit", type=positive_int, default=None, help="first N conversations")
     ev.add_argument("--max-new-tokens", type=positive_int, default=32)
@@ -588,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base)")
     chat.add_argument("--adapter", type=existing_path, action="append", default=None,
                       help="a LoRA adapter; repeat to stack them in order (SFT, then DPO)")
+    chat.add_argument("--qlora", action="store_true", help=QLORA_RUN_HELP)
     chat.add_argument("--system", default=None,
                       help="the system prompt (default: the model's own, from its chat template)")
     add_config_flags(chat, "sampling", SamplingConfig())
