@@ -92,6 +92,12 @@ def dynamic_map() -> torch.Tensor:
     return torch.tensor(sorted(values), dtype=torch.float32)
 
 
+DYNAMIC_MAP = dynamic_map()
+"""The 8-bit map double quantization uses. Like the 4-bit tables in ``CODES``, every
+quantized weight refers to this one tensor rather than a copy, so a model stores each
+table once (``bits_per_parameter`` counts it once)."""
+
+
 # ----------------------------------------------------------------------------- quantizing
 
 
@@ -179,8 +185,7 @@ def _quantize_absmax(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     scaled = (rows * (1.0 / nested_absmax.clamp(min=1e-38))[:, None]).clamp(-1, 1)
     steps = 65535.0
     grid = -1.0 + (2.0 * torch.floor((scaled + 1.0) * 0.5 * steps + 0.5)) / steps
-    code = dynamic_map()
-    codes = torch.bucketize(grid, (code[:-1] + code[1:]) * 0.5).to(torch.uint8)
+    codes = torch.bucketize(grid, (DYNAMIC_MAP[:-1] + DYNAMIC_MAP[1:]) * 0.5).to(torch.uint8)
     return codes.reshape(-1)[: absmax.numel()], offset, nested_absmax
 
 
@@ -197,11 +202,11 @@ def quantize_4bit(
     scaled = (rows * (1.0 / absmax.clamp(min=1e-38))[:, None]).clamp(-1, 1)
     codes = nearest_level(scaled.reshape(-1), code).to(torch.uint8)
     packed = ((codes[0::2] << 4) | codes[1::2]).unsqueeze(1)
-    quantized = QuantizedTensor(packed, absmax, code.clone(), weight.shape, weight.dtype,
+    quantized = QuantizedTensor(packed, absmax, code, weight.shape, weight.dtype,
                                 blocksize, quant_type)
     if double_quant:
         quantized.absmax, quantized.offset, quantized.nested_absmax = _quantize_absmax(absmax)
-        quantized.nested_code = dynamic_map()
+        quantized.nested_code = DYNAMIC_MAP
     return quantized
 
 
@@ -231,10 +236,17 @@ def dequantize(q: QuantizedTensor) -> torch.Tensor:
     return (levels * block_absmax(q)[:, None]).reshape(q.shape).to(q.dtype)
 
 
-def bits_per_parameter(q: QuantizedTensor) -> float:
-    """Storage bits per weight, from the tensors themselves (the level tables included)."""
-    bits = sum(t.numel() * t.element_size() * 8 for t in q.tensors().values())
-    return bits / math.prod(q.shape)
+def bits_per_parameter(*weights: QuantizedTensor) -> float:
+    """Storage bits per weight of ``weights`` (one, or a whole model's), from the tensors.
+
+    Every tensor is counted once, however many weights share it: the level tables
+    (``CODES``, ``DYNAMIC_MAP``) are shared, so they weigh 8,704 bits per model, not per
+    layer (on a small layer such as SmolLM2's ``k_proj``, 576 x 192, a copy of its own
+    would add 0.08 bits per weight).
+    """
+    stored = {t.data_ptr(): t for q in weights for t in q.tensors().values()}
+    bits = sum(t.numel() * t.element_size() * 8 for t in stored.values())
+    return bits / sum(math.prod(q.shape) for q in weights)
 
 
 # ----------------------------------------------------------------------------- layers
