@@ -244,3 +244,11 @@ def test_a_4bit_model_is_not_merged_into_plain_weights(quantized, tmp_path):
         save_pretrained(adapted, tokenizer, tmp_path / "merged")
     save_adapter(adapted, tmp_path / "adapter")  # the adapter alone is saved as ever
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_one_quant_type_for_the_whole_model(base, tmp_path):
+    model = quantize_model(copy.deepcopy(base[0]), targets=("q_proj",))
+    quantize_model(model, targets=("v_proj",), quant_type="fp4")
+    with pytest.raises(ValueError, match=r"v_proj is fp4 \(double_quant=True\) but "
+                                         r"model\.layers\.0\.self_attn\.q_proj is nf4"):
+        save_pretrained(model, base[1], tmp_path / "mixed")

@@ -62,9 +62,6 @@ QUANT_TYPES = ("nf4", "fp4")
 """The 4-bit types bitsandbytes stores (``quant``'s Int4 is not one)."""
 QUANT_STATE = "quant_state.bitsandbytes__"
 """The JSON tensor's key after ``P.weight.``, completed by the quant type."""
-FLOAT_DTYPES = {str(d).removeprefix("torch."): d
-                for d in (torch.float32, torch.float16, torch.bfloat16)}
-"""The weight dtypes by the names bitsandbytes writes (``str(dtype)`` without ``torch.``)."""
 
 # BitsAndBytesConfig's fields for 8-bit loading, at their defaults: 4-bit ignores them.
 INT8_DEFAULTS: dict[str, Any] = {
@@ -82,6 +79,10 @@ BNB_DEFAULTS: dict[str, Any] = {
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``: how bitsandbytes and transformers write a dtype."""
     return str(dtype).removeprefix("torch.")
+
+
+FLOAT_DTYPES = {dtype_name(d): d for d in (torch.float32, torch.float16, torch.bfloat16)}
+"""The weight dtypes a 4-bit layer may stand for, by the names bitsandbytes writes."""
 
 
 # ----------------------------------------------------------------------------- saving
