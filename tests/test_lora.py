@@ -223,15 +223,16 @@ def test_lora_adapts_any_base_linear_through_its_dense_weight():
     assert isinstance(layers["model.layers.0.self_attn.q_proj"].base_layer, Int8Linear)
     randomize_b(model)
     x = torch.randn(2, 5, CFG.hidden_size)
-    for path, layer in layers.items():
+    for layer in layers.values():
         weight = dense_weight(layer.base_layer)
         expected = x @ (weight + layer.delta_weight()).T
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
-        merged = merged_state_dict(model)[f"{path}.weight"]
-        torch.testing.assert_close(merged, weight + layer.delta_weight())
+        torch.testing.assert_close(layer.merged_weight(), weight + layer.delta_weight())
     with disable_adapters(model):
         layer = layers["model.layers.0.self_attn.q_proj"]
         torch.testing.assert_close(layer(x), layer.base_layer(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"q_proj's base is a Int8Linear, not an nn.Linear"):
         merge_lora(model)
+    with pytest.raises(ValueError, match=r"q_proj.base_layer is a Int8Linear, not an nn.Linear"):
+        merged_state_dict(model)  # no plain weight to export
     assert not any(layer.merged for layer in layers.values())  # refused before any change

@@ -5,8 +5,12 @@ A model is saved as the folder transformers saves: a Llama checkpoint (``config.
 tokenizer files beside it (``tokenizer.json``, ``tokenizer_config.json`` with the chat
 template, ...: ``formats.hf_tokenizer``). So ``AutoTokenizer`` and
 ``AutoModelForCausalLM.from_pretrained(folder)`` load what a reader trains here, and
-``load_pretrained`` loads a Llama folder that transformers saved. It also reads llama.cpp's
-GGUF files (``formats.gguf``), SmolLM2-135M-Instruct's by name (``SMOLLM2``).
+``load_pretrained`` loads a Llama folder that transformers saved. A model with 4-bit
+layers (``quant.Linear4bit``) is saved in bitsandbytes' layout, as transformers saves a
+model loaded in 4 bits, and loads back in 4 bits, not quantized again
+(``formats.bnb_4bit``; ``config.json``'s ``quantization_config`` tells the two folders
+apart). It also reads llama.cpp's GGUF files (``formats.gguf``), SmolLM2-135M-Instruct's
+by name (``SMOLLM2``).
 
 Saving is atomic: the files are written into a temporary folder next to the target, which
 takes the target's name only when complete. A crash mid-save leaves the old model intact.
@@ -20,10 +24,12 @@ import torch
 
 from .config import ModelConfig
 from .files import recover_directory, write_directory
+from .formats.bnb_4bit import bnb_4bit_files, read_bnb_4bit_config, read_bnb_4bit_model
 from .formats.gguf import find_smollm2, read_gguf_model
 from .formats.hf_llama import generation_config, llama_files, read_llama_config, read_llama_model
 from .formats.hf_tokenizer import TOKENIZER_FILE, hf_tokenizer_files
 from .model import TinyLLM, default_device
+from .quant import linear4bit_layers
 from .tokenizer import Tokenizer
 
 
@@ -39,13 +45,15 @@ def save_pretrained(model: TinyLLM, tokenizer: Tokenizer, directory: str | Path)
     """Write ``model`` and ``tokenizer`` to ``directory``, replacing it only when complete.
 
     A model with LoRA layers is saved merged (base weight + update), as a plain model;
-    save its adapter alone with ``formats.peft_adapter.save_adapter``. Other files
-    already in ``directory`` (an adapter, logs) are kept.
+    save its adapter alone with ``formats.peft_adapter.save_adapter``. A model with 4-bit
+    layers is saved in 4 bits (``formats.bnb_4bit``); with LoRA on top it is refused (the
+    merge would need quantizing again): save the adapter alone. Other files already in
+    ``directory`` (an adapter, logs) are kept.
     """
     target = Path(directory)
     _check_vocab(tokenizer, model.config, f"save_pretrained({target})")
     files = {
-        **llama_files(model),
+        **(bnb_4bit_files(model) if linear4bit_layers(model) else llama_files(model)),
         **generation_config(tokenizer.stop_ids, tokenizer.pad_id, tokenizer.bos_id),
         **hf_tokenizer_files(tokenizer.vocabulary),
     }
@@ -71,9 +79,10 @@ def load_pretrained(
     """Load a model and its tokenizer from a folder, a ``.gguf`` file or ``SMOLLM2``.
 
     A folder is one ``save_pretrained`` wrote, or a Llama one with a tokenizer next to
-    it. A GGUF file holds both (``formats.gguf``; its tokenizer splits text as llama.cpp
-    does, the way the model was trained). The model comes back in eval mode on ``device``
-    (default: the best one available).
+    it, its weights in full precision or in bitsandbytes' 4 bits. A GGUF file holds both
+    (``formats.gguf``; its tokenizer splits text as llama.cpp does, the way the model was
+    trained). The model comes back in eval mode on ``device`` (default: the best one
+    available).
     """
     path = resolve_source(source)
     if path.suffix == ".gguf":
@@ -91,5 +100,7 @@ def load_pretrained(
         raise FileNotFoundError(f"{tokenizer_path}: file not found")
     tokenizer = Tokenizer.load(tokenizer_path)
     _check_vocab(tokenizer, config, str(directory))
-    model = read_llama_model(directory, config)
+    settings = read_bnb_4bit_config(directory)
+    model = (read_llama_model(directory, config) if settings is None
+             else read_bnb_4bit_model(directory, config, settings))
     return model.to(device or default_device()).eval(), tokenizer

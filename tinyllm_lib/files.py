@@ -271,12 +271,14 @@ def _preview(keys: list[str], limit: int = 5) -> str:
 
 
 def load_checked_tensors(
-    path: str | Path, expected: Mapping[str, tuple[int, ...]]
+    path: str | Path, expected: Mapping[str, tuple[int, ...] | None]
 ) -> dict[str, torch.Tensor]:
     """Load a safetensors file whose keys and shapes must be exactly ``expected``.
 
     Errors name the file and the offending keys and shapes, so a file made for another
-    model is refused before any weight is touched.
+    model is refused before any weight is touched. A shape of ``None`` is one only the
+    file can tell (a 4-bit weight's statistics depend on its block size, which is stored
+    beside them): the caller checks it.
     """
     path = Path(path)
     if not path.is_file():
@@ -293,7 +295,7 @@ def load_checked_tensors(
             f"unexpected {_preview(unexpected)}"
         )
     for key, shape in expected.items():
-        if tuple(tensors[key].shape) != tuple(shape):
+        if shape is not None and tuple(tensors[key].shape) != tuple(shape):
             raise ValueError(
                 f"{path}: '{key}' has shape {list(tensors[key].shape)} but the model "
                 f"expects {list(shape)} (a file made for a model of another size?)"

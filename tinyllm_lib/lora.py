@@ -27,6 +27,10 @@ from .config import LoRAConfig
 
 ALL_LINEAR = "all-linear"
 OUTPUT_LAYER = "lm_head"
+MERGE_INTO_FULL_PRECISION = (
+    "Save the adapter and merge into the full-precision base instead "
+    "(tinyllm export --adapter DIR --merge-adapter)"
+)
 
 
 class BaseLinear(Protocol):
@@ -218,8 +222,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             raise ValueError(
                 f"merge_lora: {path}'s base is a {type(layer.base_layer).__name__}, not an "
                 "nn.Linear; a 4-bit weight cannot take the update without being quantized "
-                "again. Save the adapter and merge into the full-precision base instead "
-                "(tinyllm export --adapter DIR --merge-adapter)"
+                f"again. {MERGE_INTO_FULL_PRECISION}"
             )
     for layer in layers:
         layer.base_layer.weight.copy_(layer.merged_weight())
@@ -275,8 +278,17 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The plain model's state dict (Llama key names) with each LoRA update folded in.
 
     The model itself is left as it is. This is how a LoRA-tuned model is exported as an
-    ordinary checkpoint that needs no LoRA code to run.
+    ordinary checkpoint that needs no LoRA code to run. So every linear layer must be an
+    ``nn.Linear``: one that keeps its weight in another form (QLoRA's 4-bit codes) has no
+    plain weight to export, and the merged one would have to be quantized again.
     """
+    for path, module in model.named_modules():
+        if is_base_linear(module) and not isinstance(module, nn.Linear):
+            raise ValueError(
+                f"merged_state_dict: {path} is a {type(module).__name__}, not an nn.Linear; "
+                f"its weight is not stored as a plain tensor. {MERGE_INTO_FULL_PRECISION} "
+                "(a 4-bit model without LoRA saves as it is: save_pretrained)"
+            )
     state = model.state_dict()
     for path, layer in lora_layers(model):
         for part in ("lora_A", "lora_B"):

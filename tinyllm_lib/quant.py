@@ -340,6 +340,11 @@ class Linear4bit(nn.Module):
                 f"double_quant={hasattr(self, 'nested_absmax')}")
 
 
+def linear4bit_layers(model: nn.Module) -> list[tuple[str, Linear4bit]]:
+    """Every 4-bit layer of ``model`` with its module path (LoRA's bases included)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, Linear4bit)]
+
+
 def quantize_model(
     model: nn.Module, targets: tuple[str, ...] | str = ALL_LINEAR, blocksize: int = 64,
     double_quant: bool = True, quant_type: str = "nf4",

@@ -24,6 +24,8 @@ Why each part of the mapping is as it is:
   in transformers 5's; both load (``_rope_theta``).
 - A tied output head is left out of the weights, as transformers does, and re-tied on
   load; a model with LoRA layers is saved merged, as a plain Llama that needs no LoRA code.
+- A 4-bit model's weights and its ``quantization_config`` are ``formats.bnb_4bit``'s: this
+  module writes what that one hands it, and leaves the field to it on load.
 """
 
 from __future__ import annotations
@@ -106,7 +108,9 @@ def config_from_llama(data: dict[str, Any], path: Path) -> ModelConfig:
     (``num_kv_heads``, ``intermediate_size``), so a save/load round trip is exact.
     """
     known = {theirs for _, theirs, _ in LLAMA_FIELDS} | set(LLAMA_FIXED) | LLAMA_IGNORED
-    special = {"model_type", "head_dim", "rope_parameters", "rope_scaling"}
+    # quantization_config: how the weights are stored, not the model (formats.bnb_4bit)
+    special = {"model_type", "head_dim", "rope_parameters", "rope_scaling",
+               "quantization_config"}
     unknown = sorted(set(data) - known - special)
     if unknown:
         raise ValueError(f"{path}: unknown field(s) {unknown} for a Llama/TinyLLM config")
@@ -148,23 +152,34 @@ def config_from_fields(fields: dict[str, Any], path: str | Path) -> ModelConfig:
     return config
 
 
-def _weights_to_save(model: TinyLLM) -> dict[str, torch.Tensor]:
+def _weights_to_save(tie_embeddings: bool,
+                     state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Llama-named tensors; a tied head is left out, as transformers does, and re-tied on load."""
-    state = merged_state_dict(model)
-    if model.config.tie_embeddings:
-        del state["lm_head.weight"]
+    if tie_embeddings:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
-def llama_files(model: TinyLLM) -> dict[str, bytes]:
+def llama_files(
+    model: TinyLLM, state: dict[str, torch.Tensor] | None = None,
+    quantization_config: dict[str, Any] | None = None,
+) -> dict[str, bytes]:
     """``config.json`` and ``model.safetensors`` for ``model``, as file name -> bytes.
 
     Bytes rather than files, so that the caller decides how they reach the disk (with
-    the tokenizer, in one atomic folder write).
+    the tokenizer, in one atomic folder write). ``state`` is the tensors to save under
+    their Llama names, by default ``merged_state_dict(model)``; a 4-bit model brings its
+    own, with the ``quantization_config`` that tells a reader how they are stored
+    (``formats.bnb_4bit.bnb_4bit_files``).
     """
+    config = config_to_llama(model.config)
+    if quantization_config is not None:
+        config["quantization_config"] = quantization_config
+    weights = _weights_to_save(model.config.tie_embeddings,
+                               merged_state_dict(model) if state is None else state)
     return {
-        CONFIG_FILE: json_bytes(config_to_llama(model.config)),
-        WEIGHTS_FILE: safetensors_bytes(_weights_to_save(model), metadata={"format": "pt"}),
+        CONFIG_FILE: json_bytes(config),
+        WEIGHTS_FILE: safetensors_bytes(weights, metadata={"format": "pt"}),
     }
 
 
@@ -198,9 +213,14 @@ def read_llama_model(directory: str | Path, config: ModelConfig) -> TinyLLM:
     the tokenizer) without reading the weights.
     """
     model = TinyLLM(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if config.tie_embeddings:
-        del expected["lm_head.weight"]  # shares embed_tokens' tensor, loaded through it
-    tensors = load_checked_tensors(Path(directory) / WEIGHTS_FILE, expected)
+    tensors = load_checked_tensors(Path(directory) / WEIGHTS_FILE, llama_weight_shapes(model))
     model.load_state_dict(tensors, strict=False)  # strict checking was done above
     return model
+
+
+def llama_weight_shapes(model: TinyLLM) -> dict[str, tuple[int, ...]]:
+    """The key and shape of every tensor ``model.safetensors`` holds for ``model``."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        del expected["lm_head.weight"]  # shares embed_tokens' tensor, loaded through it
+    return expected
