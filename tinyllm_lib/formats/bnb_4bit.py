@@ -97,10 +97,13 @@ def quant_state_dict(q: QuantizedTensor, prefix: str) -> dict[str, torch.Tensor]
             f"{' and '.join(QUANT_TYPES)}; Int4 is here for comparison only)")
     info: dict[str, Any] = {"quant_type": q.quant_type, "blocksize": q.blocksize,
                             "dtype": dtype_name(q.dtype), "shape": list(q.shape)}
-    tensors = {prefix: q.packed, f"{prefix}.absmax": q.absmax, f"{prefix}.quant_map": q.code}
+    # The level tables are shared by every layer in memory (quant.CODES, DYNAMIC_MAP);
+    # the file holds a copy per layer, as bitsandbytes writes it (8.5 KiB a layer).
+    tensors = {prefix: q.packed, f"{prefix}.absmax": q.absmax,
+               f"{prefix}.quant_map": q.code.clone()}
     if q.double_quant:
         tensors[f"{prefix}.nested_absmax"] = q.nested_absmax
-        tensors[f"{prefix}.nested_quant_map"] = q.nested_code
+        tensors[f"{prefix}.nested_quant_map"] = q.nested_code.clone()
         info.update(nested_blocksize=NESTED_BLOCKSIZE,
                     nested_dtype=dtype_name(q.nested_absmax.dtype),
                     nested_offset=q.offset.item())  # float32 -> float -> float32 is exact
