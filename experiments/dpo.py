@@ -10,7 +10,7 @@ Every step goes through the command line as a reader would type it:
 2. Preference pairs: ``tinyllm preferences`` samples the SFT model four times on the first
    2,000 training prompts (and 200 validation prompts) and pairs its first wrong reply
    (rejected) with a right one (chosen), judged by the world's exact answers. The pairs
-   are committed (``results/dpo_pairs_*.jsonl``; chapter 8 trains on them).
+   are committed (``results/dpo_pairs_*.jsonl``; chapter 9 trains on them).
 3. ``dpo``: ``tinyllm dpo --sft-adapter`` on those pairs with its defaults: the SFT
    adapter merged into the base is the reference, a fresh adapter on top is the policy.
    The same at higher learning rates (``dpo-lr*``) and with RPO's NLL term.
@@ -19,7 +19,7 @@ Every step goes through the command line as a reader would type it:
    rate and once at SFT's: what the pairs teach without their rejected halves.
 
 Each model is scored by ``tinyllm eval`` on the test split and the held-out facts.
-Writes ``experiments/results/dpo.json`` and ``dpo.md``; chapter 8 quotes them.
+Writes ``experiments/results/dpo.json`` and ``dpo.md``; chapter 9 quotes them.
 """
 
 from __future__ import annotations

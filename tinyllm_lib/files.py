@@ -300,4 +300,8 @@ def load_checked_tensors(
                 f"{path}: '{key}' has shape {list(tensors[key].shape)} but the model "
                 f"expects {list(shape)} (a file made for a model of another size?)"
             )
-    return tensors
+    # `load_file` maps the file as one storage that every tensor is a view of, so one
+    # tensor kept would keep the whole file resident: a model whose linear weights are
+    # then replaced by 4-bit ones (QLoRA) would still hold them all. A copy each owns its
+    # memory, and the mapping goes when `tensors` does.
+    return {key: tensor.clone() for key, tensor in tensors.items()}

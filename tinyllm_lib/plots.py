@@ -320,7 +320,50 @@ def accuracy_bars(series: Mapping[str, Mapping[str, float]], title: str) -> Figu
     return fig
 
 
-# --- Chapter 8: preference tuning (DPO) ---
+# --- Chapter 8: QLoRA ---
+
+
+def quantization_levels(scaled: np.ndarray, levels: Mapping[str, np.ndarray],
+                        title: str) -> Figure:
+    """A histogram of block-scaled weights (in [-1, 1]) with each 4-bit type's levels
+    drawn as a row of ticks beneath it, so one sees where each type spends its 16 values."""
+    fig, (hist, rows) = plt.subplots(2, 1, figsize=(8, 4.2), sharex=True,
+                                     gridspec_kw={"height_ratios": [3, 1.2]})
+    hist.hist(scaled, bins=200, color="0.6")
+    hist.set(ylabel="weights", title=title)
+    for row, values in enumerate(levels.values()):
+        rows.vlines(values, row - 0.35, row + 0.35, color=f"C{row}", linewidth=2)
+    rows.set_yticks(range(len(levels)), list(levels))
+    rows.set_ylim(len(levels) - 0.5, -0.5)
+    rows.set(xlabel="weight / absmax of its block")
+    fig.tight_layout()
+    return fig
+
+
+def memory_stack(labels: Sequence[str], parts: Mapping[str, Sequence[float]], title: str,
+                 unit: str = "MiB") -> Figure:
+    """Memory per run as horizontal bars stacked by what holds it (``parts[name]``: one
+    value per label), the total at the end of each bar; the first label is on top."""
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.6))
+    y = np.arange(len(labels))[::-1]
+    left = np.zeros(len(labels))
+    for k, (name, values) in enumerate(parts.items()):
+        values = np.asarray(values, dtype=float)
+        ax.barh(y, values, left=left, color=f"C{k}", label=name)
+        left += values
+    for position, total in zip(y, left, strict=True):
+        ax.annotate(f"{total:,.1f} {unit}" if total < 100 else f"{total:,.0f} {unit}",
+                    (total, position), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlim(0, left.max() * 1.18)
+    ax.set(xlabel=unit, title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# --- Chapter 9: preference tuning (DPO) ---
 
 
 def policy_densities(y: np.ndarray, densities: Mapping[str, np.ndarray], title: str) -> Figure:
