@@ -65,6 +65,18 @@ def pack_documents(
     return blocks
 
 
+def split_documents(
+    documents: Sequence[str], seed: int, val_fraction: float = 0.02
+) -> tuple[list[str], list[str]]:
+    """The training and held-out documents of ``pretrain``: shuffled with ``seed``, then
+    the first ``val_fraction`` (at least one) held out. With the shipped base's seed (0)
+    this gives back the text it never trained on."""
+    order = list(documents)
+    random.Random(seed).shuffle(order)
+    num_val = max(1, int(len(order) * val_fraction))
+    return order[num_val:], order[:num_val]
+
+
 def pretrain(
     documents: Sequence[str],
     model_config: ModelConfig,
@@ -89,12 +101,10 @@ def pretrain(
     if tokenizer is None:
         tokenizer = Tokenizer.train(documents, model_config.vocab_size)
     model_config = ModelConfig(**{**vars(model_config), "vocab_size": tokenizer.vocab_size})
-    order = list(documents)
-    random.Random(train_config.seed).shuffle(order)
-    num_val = max(1, int(len(order) * val_fraction))
+    train_docs, val_docs = split_documents(documents, train_config.seed, val_fraction)
     block = model_config.max_seq_len
-    val_blocks = pack_documents(tokenizer, order[:num_val], block)
-    train_blocks = pack_documents(tokenizer, order[num_val:], block)
+    val_blocks = pack_documents(tokenizer, val_docs, block)
+    train_blocks = pack_documents(tokenizer, train_docs, block)
 
     torch.manual_seed(train_config.seed)
     model = TinyLLM(model_config)
