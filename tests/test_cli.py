@@ -2,13 +2,17 @@
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
+from tinyllm_lib.checkpoint import load_pretrained
 from tinyllm_lib.cli import main, parse, train_settings
 from tinyllm_lib.config import (
+    BASE_DIR,
+    DATA_DIR,
     FULL_LR,
     LORA_ALL_LINEAR_LR,
     LORA_LR,
@@ -16,9 +20,11 @@ from tinyllm_lib.config import (
     LoRAConfig,
     TrainConfig,
 )
-from tinyllm_lib.pretrain import Block, pack_documents
+from tinyllm_lib.evaluate import perplexity
+from tinyllm_lib.pretrain import Block, pack_documents, split_documents
 from tinyllm_lib.sampling import SamplingConfig
 from tinyllm_lib.tokenizer import Tokenizer
+from tinyllm_lib.world import load_corpus
 
 CORPUS = [
     "Ada Lane lives in Stonebridge. Her favourite colour is red.",
@@ -73,6 +79,20 @@ def test_pack_documents_joins_with_endoftext_and_cuts_full_blocks():
     expected = [stream[i : i + 2] for i in range(0, len(stream) - 1, 2)]
     assert [b.input_ids for b in blocks] == expected
     assert all(isinstance(b, Block) and b.labels == b.input_ids for b in blocks)
+
+
+
+def test_split_documents_gives_back_the_shipped_bases_held_out_text():
+    """The QLoRA chapter measures perplexity on text the base never trained on: the split
+    must be the one pretraining made, whose loss the base's log recorded last."""
+    corpus = load_corpus(DATA_DIR / "corpus.jsonl")
+    train_docs, held_out = split_documents(corpus, TRAIN_PRESETS["pretrain"].seed)
+    assert len(held_out) == int(len(corpus) * 0.02) and not set(held_out) & set(train_docs)
+    assert sorted(train_docs + held_out) == sorted(corpus)
+    last = json.loads((BASE_DIR / "pretrain_log.jsonl").read_text().splitlines()[-1])
+    base, tokenizer = load_pretrained(BASE_DIR, device="cpu")
+    blocks = pack_documents(tokenizer, held_out, base.config.max_seq_len)
+    assert perplexity(base, blocks) == pytest.approx(math.exp(last["val_loss"]), rel=1e-3)
 
 
 @pytest.mark.parametrize("full", [False, True])
