@@ -60,8 +60,9 @@ class ModelConfig:
 
     ``num_kv_heads=None`` means one key/value head per query head (plain multi-head
     attention); fewer KV heads give grouped-query attention. ``intermediate_size=None``
-    derives the SwiGLU width the way Llama does: 8/3 of the hidden size (so the three
-    MLP matrices cost about as much as a 4x GELU MLP's two), rounded up to a multiple of 64.
+    derives the SwiGLU width from Llama's rule: 8/3 of the hidden size (so the three
+    MLP matrices cost about as much as a 4x GELU MLP's two), rounded up, here to a
+    multiple of 64; Llama rounds to 256 (4096 -> 11008), a coarse step at these widths.
     """
 
     vocab_size: int = 4096

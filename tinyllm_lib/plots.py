@@ -32,6 +32,10 @@ def use_cjk_font() -> None:
 
 
 use_cjk_font()
+# Figures are drawn for the book's content column, about 7.5 inches wide, and at 150 dpi,
+# so that the browser shrinks a figure to the column rather than blowing it up: tick labels
+# stay sharp and readable.
+plt.rcParams["figure.dpi"] = 150
 
 
 def grouped_bar_positions(groups: int, series: int) -> tuple[list[np.ndarray], float]:
@@ -133,17 +137,21 @@ def matrix_heatmap(
     return fig
 
 
-def attention_heads(weights: np.ndarray, tokens: Sequence[str], layer: int = 0) -> Figure:
-    """Attention weights ``[heads, seq, seq]`` of one layer, one panel per head."""
-    heads = weights.shape[0]
-    fig, axes = plt.subplots(1, heads, figsize=(3 * heads, 3.4), squeeze=False)
-    for head, ax in enumerate(axes[0]):
-        ax.imshow(weights[head], cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(tokens)), tokens if head == 0 else [], fontsize=7)
-        ax.set_title(f"layer {layer}, head {head}")
-        ax.set_xlabel("key (attended to)")
-    axes[0][0].set_ylabel("query (attending)")
+def attention_heads(models: Mapping[str, np.ndarray], tokens: Sequence[str],
+                    layer: int = 0) -> Figure:
+    """One layer's attention weights ``[heads, seq, seq]`` for each model, a row of panels
+    (one per head) each, sized for the book's column."""
+    heads = next(iter(models.values())).shape[0]
+    fig, axes = plt.subplots(len(models), heads, figsize=(7.5, 2.3 * len(models) + 0.6),
+                             squeeze=False)
+    for row, (name, weights) in zip(axes, models.items(), strict=True):
+        for head, ax in enumerate(row):
+            ax.imshow(weights[head], cmap="Blues", vmin=0, vmax=1)
+            ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
+            ax.set_yticks(range(len(tokens)), tokens if head == 0 else [], fontsize=8)
+            ax.set_title(f"{name}, head {head}", fontsize=9)
+        row[0].set_ylabel(f"layer {layer} query")
+    fig.supxlabel("key (attended to)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -312,10 +320,12 @@ def accuracy_bars(series: Mapping[str, Mapping[str, float]], title: str) -> Figu
     positions, width = grouped_bar_positions(len(tasks), len(series))
     for x, (name, accuracy) in zip(positions, series.items(), strict=True):
         bars = ax.bar(x, [accuracy.get(task, 0.0) for task in tasks], width=width, label=name)
-        ax.bar_label(bars, fmt="{:.0%}", fontsize=7)
+        if len(series) <= 2:  # more labels than two a group run into each other
+            ax.bar_label(bars, fmt="{:.0%}", fontsize=7)
     ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
-    ax.set(ylabel="exact match", title=title, ylim=(0, 1.05))
-    ax.legend()
+    ax.set(ylabel="exact match", title=title, ylim=(0, 1.3))  # headroom for the legend
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.legend(loc="upper center", ncols=len(series), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -344,7 +354,7 @@ def memory_stack(labels: Sequence[str], parts: Mapping[str, Sequence[float]], ti
                  unit: str = "MiB") -> Figure:
     """Memory per run as horizontal bars stacked by what holds it (``parts[name]``: one
     value per label), the total at the end of each bar; the first label is on top."""
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.6))
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(labels) + 1.8))
     y = np.arange(len(labels))[::-1]
     left = np.zeros(len(labels))
     for k, (name, values) in enumerate(parts.items()):
@@ -354,9 +364,9 @@ def memory_stack(labels: Sequence[str], parts: Mapping[str, Sequence[float]], ti
     for position, total in zip(y, left, strict=True):
         ax.annotate(f"{total:,.1f} {unit}" if total < 100 else f"{total:,.0f} {unit}",
                     (total, position), xytext=(3, 0), textcoords="offset points",
-                    va="center", fontsize=8)
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.set_xlim(0, left.max() * 1.18)
+                    va="center", fontsize=9)
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.set_xlim(0, left.max() * 1.2)
     ax.set(xlabel=unit, title=title)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
