@@ -195,6 +195,8 @@ def test_report_round_trip_and_tables():
     assert rows["echo"] == ["100.0%", "50.0%", "-50.0"]
     assert rows["new"] == ["-", "100.0%", "-"]
     assert rows["perplexity"] == ["12.5", "-", "-"]
+    header = compare_reports(before, after, labels=("random weights", "pretrained")).splitlines()[0]
+    assert header.split() == ["task", "random", "weights", "pretrained", "delta"]
 
 
 # ----------------------------------------------------------------- forgetting check

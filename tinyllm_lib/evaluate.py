@@ -135,13 +135,16 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def compare_reports(before: EvalReport, after: EvalReport) -> str:
+def compare_reports(before: EvalReport, after: EvalReport,
+                    labels: tuple[str, str] = ("before", "after")) -> str:
     """A before/after table: accuracy per task (delta in percentage points) and perplexity.
 
-    A task missing from one report shows ``-``.
+    A task missing from one report shows ``-``. ``labels`` name the two columns, for
+    tables that compare two models rather than one model before and after.
     """
     tasks = list(dict.fromkeys([*before.total, *after.total]))
     width = max([len("mean of tasks"), *map(len, tasks)])
+    column = max(8, *map(len, labels))
 
     def row(name: str, old: float | None, new: float | None, as_percent: bool) -> str:
         scale, unit = (100, "%") if as_percent else (1, "")
@@ -150,9 +153,9 @@ def compare_reports(before: EvalReport, after: EvalReport) -> str:
             return "-" if value is None else f"{value * scale:.1f}{unit}"
 
         delta = "-" if old is None or new is None else f"{(new - old) * scale:+.1f}"
-        return f"{name:<{width}}  {cell(old):>8}  {cell(new):>8}  {delta:>7}"
+        return f"{name:<{width}}  {cell(old):>{column}}  {cell(new):>{column}}  {delta:>7}"
 
-    lines = [f"{'task':<{width}}  {'before':>8}  {'after':>8}  {'delta':>7}"]
+    lines = [f"{'task':<{width}}  {labels[0]:>{column}}  {labels[1]:>{column}}  {'delta':>7}"]
     lines += [
         row(task, before.accuracy.get(task), after.accuracy.get(task), as_percent=True)
         for task in tasks
