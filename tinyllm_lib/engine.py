@@ -9,9 +9,10 @@ running sequence: the weights are read once for all of them.
 The sequences have different lengths, so each has its own row of one shared
 ``KVCache`` and its own position (``KVCache.write`` and ``cached_attention`` take
 positions ``[batch, seq]``, one row each). A row's attention always runs over the whole
-buffer, with its empty or stale slots at probability exactly 0, so the rows batched with a
-sequence cannot change its logits: a greedy request gives the same tokens alone or among
-fifteen others (``tests/test_serve.py`` checks it).
+buffer, with its empty or stale slots at probability exactly 0, and every decode step has
+the same shape (``max_batch`` rows, used or not: see ``Engine``), so the rows batched
+with a sequence cannot change its logits by a single bit: a greedy or seeded request gives
+the same tokens alone or among fifteen others (``tests/test_serve.py`` checks it).
 
 *Continuous batching* (Yu et al. 2022, "Orca") lets a request join at the next step and
 leave as soon as it is done, instead of waiting for a whole batch to start and finish
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -135,6 +137,7 @@ class Engine:
         parameter = next(model.parameters())
         self.cache = KVCache.empty(model.config, max_batch, self.context, parameter.device,
                                    parameter.dtype)
+        self.finished: Counter[str] = Counter()  # requests ended, by finish reason
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -265,6 +268,8 @@ class Engine:
 
     def tell(self, seq: Running, text: str, finish_reason: str | None) -> bool:
         """Emit an update; a client that cannot be told any more is cancelled."""
+        if finish_reason is not None:
+            self.finished[finish_reason] += 1
         if text or finish_reason:
             try:
                 seq.request.emit(Update(text, finish_reason, len(seq.generated)))

@@ -164,13 +164,13 @@ def sampling_for(body: Sampled, prompt_len: int, context: int, settings: Setting
     """
     wanted = body.max_completion_tokens or body.max_tokens
     cap = settings.max_tokens_cap
-    if wanted is not None and cap is not None and wanted > cap:
-        raise APIError(400, f"max_tokens is {wanted}, more than this server's cap of {cap}",
-                       param="max_tokens", code="invalid_value")
     if wanted is not None and prompt_len + wanted > context:
         raise APIError(400, f"this model's context holds {context} tokens, but {prompt_len} "
                        f"prompt tokens plus max_tokens {wanted} make {prompt_len + wanted}",
                        param="max_tokens", code="context_length_exceeded")
+    if wanted is not None and cap is not None and wanted > cap:
+        raise APIError(400, f"max_tokens is {wanted}, more than this server's cap of {cap}",
+                       param="max_tokens", code="invalid_value")
     if prompt_len >= context:
         raise APIError(400, f"the prompt has {prompt_len} tokens, which leaves no room for a "
                        f"reply in this model's context of {context} tokens",
@@ -278,7 +278,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "running": len(engine.running),
-                "waiting": engine.waiting.qsize()}
+                "waiting": engine.waiting.qsize(), "finished": dict(engine.finished)}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
