@@ -19,6 +19,7 @@ import uvicorn
 
 from tinyllm_lib.chat import encode_chat
 from tinyllm_lib.checkpoint import load_pretrained
+from tinyllm_lib.cli import main
 from tinyllm_lib.config import BASE_DIR
 from tinyllm_lib.engine import Engine, EngineBusy, Request, collect, held_back, wait
 from tinyllm_lib.model import KVCache
@@ -258,6 +259,11 @@ def test_a_seed_reproduces_a_sampled_reply_and_n_gives_several(server):
     assert several.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
     chat = ask(server, n=2, seed=1, temperature=1.0, max_tokens=10)
     assert [c.index for c in chat.choices] == [0, 1]
+    chunks = [c for c in ask(server, n=2, seed=1, temperature=1.0, max_tokens=10, stream=True)]
+    for choice in chat.choices:
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == choice.index]
+        assert "".join(c.delta.content or "" for c in mine) == choice.message.content
+        assert mine[-1].finish_reason == choice.finish_reason
 
 
 def test_models_and_health(server):
@@ -344,3 +350,17 @@ def test_a_client_leaving_mid_stream_frees_its_row(server):
         time.sleep(0.02)
     assert engine.finished["cancelled"] == cancelled + 1
     assert engine.running == []
+
+
+def test_the_serve_command_builds_the_engine_and_settings(monkeypatch):
+    started = {}
+
+    def fake_serve(engine, settings, host, port):
+        started.update(engine=engine, settings=settings, host=host, port=port)
+
+    monkeypatch.setattr("tinyllm_lib.serve.serve", fake_serve)
+    assert main(["serve", "--port", "8123", "--api-key", "k", "--max-batch", "3",
+                 "--max-tokens-cap", "50"]) == 0
+    assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
+    assert started["engine"].max_batch == 3 and started["engine"].cache.keys[0].shape[0] == 3
+    assert started["settings"] == Settings("base", api_key="k", max_tokens_cap=50)

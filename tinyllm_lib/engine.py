@@ -28,6 +28,7 @@ callback and ``cancel`` flag.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import Counter
@@ -40,6 +41,8 @@ from .model import KVCache, TinyLLM
 from .sampling import SamplingConfig, as_float, choose_next
 from .tokenizer import Tokenizer
 
+log = logging.getLogger("tinyllm.engine")
+
 
 class EngineBusy(RuntimeError):
     """The queue of waiting requests is full: try again later (HTTP 503)."""
@@ -50,7 +53,8 @@ class Update:
     """What a request hears after a step: the new text, and how it ended once it has.
 
     ``finish_reason`` is ``None`` while it runs, then ``"stop"`` (a stop token or stop
-    string), ``"length"`` (``max_new_tokens`` or the context is full) or ``"cancelled"``.
+    string), ``"length"`` (``max_new_tokens`` or the context is full), ``"cancelled"`` or
+    ``"error"`` (the engine failed; it logs why and goes on with new requests).
     ``completion_tokens`` counts the tokens generated so far, a stop token excluded.
     """
 
@@ -173,9 +177,15 @@ class Engine:
         """Step until ``stop``: admit waiting requests while rows are free, then decode."""
         with torch.inference_mode():
             while not self._stopping.is_set():
-                self.admit(block=not self.running)
-                if self.running:
-                    self.step()
+                try:
+                    self.admit(block=not self.running)
+                    if self.running:
+                        self.step()
+                except Exception:  # a bug must not hang every client: end their requests
+                    log.exception("engine step failed; ending %d requests", len(self.running))
+                    for seq in self.running:
+                        self.tell(seq, "", "error")
+                    self.running.clear()
 
     def admit(self, block: bool) -> None:
         """Prefill waiting requests into free rows; with nothing running, wait a little."""

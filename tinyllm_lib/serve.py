@@ -215,6 +215,9 @@ class Choices:
         running = len(self.requests)
         while running:
             index, update = await self.updates.get()
+            if update.finish_reason == "error":
+                raise APIError(500, "the engine failed on this request", kind="server_error",
+                               code="internal_error")
             self.completion_tokens[index] = update.completion_tokens
             running -= update.finish_reason is not None
             yield index, update
