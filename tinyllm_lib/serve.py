@@ -30,12 +30,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .chat import ConversationTooLongError, encode_chat
 from .engine import Engine, EngineBusy, Update
@@ -94,14 +94,36 @@ class Sampled(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def null_is_default(cls, data: Any) -> Any:
+        """A field sent as ``null`` takes its default, as OpenAI reads it (many clients send
+        every optional field, unset ones as ``null``)."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
     @property
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
+    """A message; its content may also come as a list of text parts, which are joined."""
+
     role: str
-    content: str
+    content: str | list[TextPart]
+
+    def as_message(self) -> dict[str, str]:
+        content = self.content
+        if not isinstance(content, str):
+            content = "".join(part.text for part in content)
+        return {"role": self.role, "content": content}
 
 
 class ChatRequest(Sampled):
@@ -301,7 +323,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     async def chat_completions(request: Request):
         check_auth(request, settings)
         body = await read_json(request, ChatRequest, settings.max_body_bytes)
-        messages = [m.model_dump() for m in body.messages]
+        messages = [m.as_message() for m in body.messages]
         try:
             prompt_ids = encode_chat(tokenizer, messages, add_generation_prompt=True).input_ids
         except ConversationTooLongError as err:
