@@ -6,6 +6,7 @@ called with the official ``openai`` client; raw bodies the client cannot send go
 """
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -190,8 +191,8 @@ def ask(server, question="What is 2 + 3?", **options):
 def post(server, path, body, key=KEY, **kwargs):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     content = body if isinstance(body, bytes | str) else json.dumps(body)
-    return httpx.post(server.url + path, content=content, headers=headers, timeout=30,
-                      **kwargs)
+    kwargs.setdefault("timeout", 30)
+    return httpx.post(server.url + path, content=content, headers=headers, **kwargs)
 
 
 def test_chat_completion_matches_the_engine_and_counts_usage(server):
@@ -279,10 +280,17 @@ def test_nulls_mean_defaults_and_content_may_come_in_parts(server):
         server, max_tokens=24).choices[0].message.content
 
 
-def test_models_and_health(server):
+def test_models_health_and_one_log_line_per_request(server, caplog):
+    caplog.set_level(logging.INFO, logger="tinyllm.serve")
     assert [m.id for m in server.client.models.list()] == [NAME]
     health = httpx.get(server.url.removesuffix("/v1") + "/health").json()
-    assert health["status"] == "ok"
+    assert health["status"] == "ok" and health["running"] == 0
+    deadline = time.time() + 5
+    while len(caplog.records) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tinyllm.serve"]
+    assert [line.split()[:3] for line in lines] == [["GET", "/v1/models", "200"],
+                                                    ["GET", "/health", "200"]]
 
 
 def error_of(response, status):
@@ -363,7 +371,9 @@ def test_a_client_leaving_mid_stream_frees_its_row(server):
     while (engine.running or engine.finished["cancelled"] == cancelled) and (
             time.time() < deadline):
         time.sleep(0.02)
-    assert engine.finished["cancelled"] == cancelled + 1
+    assert engine.finished["cancelled"] == cancelled + 1, (engine.finished, engine.running,
+                                                           engine.waiting.qsize(),
+                                                           engine._thread)
     assert engine.running == []
 
 
@@ -379,3 +389,15 @@ def test_the_serve_command_builds_the_engine_and_settings(monkeypatch):
     assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
     assert started["engine"].max_batch == 3 and started["engine"].cache.keys[0].shape[0] == 3
     assert started["settings"] == Settings("base", api_key="k", max_tokens_cap=50)
+
+
+def test_a_client_leaving_before_a_whole_reply_frees_its_row(server):
+    engine = server.engine
+    cancelled = engine.finished["cancelled"]
+    body = {"model": NAME, "prompt": "Once", "max_tokens": 200, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        post(server, "/completions", body, timeout=0.2)
+    deadline = time.time() + 20
+    while engine.finished["cancelled"] == cancelled and time.time() < deadline:
+        time.sleep(0.02)
+    assert engine.finished["cancelled"] == cancelled + 1

@@ -198,14 +198,23 @@ class Engine:
             except queue.Empty:
                 return
             block = False
-            if not request.cancelled.is_set():
+            if request.cancelled.is_set():
+                self.end_unstarted(request, "cancelled")
+            else:
                 self.prefill(request)
+
+    def end_unstarted(self, request: Request, finish_reason: str) -> None:
+        """Tell a request that never got a row that it is over."""
+        self.finished[finish_reason] += 1
+        try:
+            request.emit(Update("", finish_reason, 0))
+        except Exception:  # the receiving side is gone
+            pass
 
     def prefill(self, request: Request) -> None:
         """Read the prompt into the next free row and choose the reply's first token."""
         if request.sampling.max_new_tokens < 1:
-            request.emit(Update("", "length", 0))
-            return
+            return self.end_unstarted(request, "length")
         row = len(self.running)
         prompt = torch.tensor([list(request.prompt_ids)], device=self.cache.keys[0].device)
         sampling = request.sampling

@@ -277,18 +277,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     context = engine.context
     tokenizer = engine.tokenizer
 
-    @app.middleware("http")
-    async def log_request(request: Request, call_next):
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            log.info("%s %s 500", request.method, request.url.path)
-            raise
-        took = (time.perf_counter() - start) * 1000
-        log.info("%s %s %d %.0fms", request.method, request.url.path, response.status_code,
-                 took)
-        return response
+    app.add_middleware(LogRequests)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError) -> JSONResponse:
@@ -337,7 +326,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(chat_events(choices, head, usage),
                                      media_type="text/event-stream")
-        texts, reasons = await gather(choices, body.n)
+        texts, reasons = await gather(choices, body.n, request)
         return {**head, "object": "chat.completion", "choices": [
             {"index": i, "message": {"role": "assistant", "content": texts[i]},
              "logprobs": None, "finish_reason": reasons[i]} for i in range(body.n)],
@@ -357,7 +346,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(completion_events(choices, head, usage),
                                      media_type="text/event-stream")
-        texts, reasons = await gather(choices, body.n)
+        texts, reasons = await gather(choices, body.n, request)
         return {**head, "choices": [
             {"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons[i]}
             for i in range(body.n)], "usage": choices.usage()}
@@ -365,15 +354,52 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     return app
 
 
-async def gather(choices: Choices, n: int) -> tuple[list[str], list[str | None]]:
-    """Every choice's whole text and finish reason (a non-streamed reply)."""
-    texts, reasons = [""] * n, [None] * n
+class LogRequests:
+    """One log line per request, once its response has been sent (a stream's at its end).
+
+    Plain ASGI rather than ``@app.middleware("http")``: that wrapper hands the app its own
+    ``receive``, through which ``Request.is_disconnected`` never sees the client leave.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_and_note(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            took = (time.perf_counter() - start) * 1000
+            log.info("%s %s %d %.0fms", scope["method"], scope["path"], status, took)
+
+
+async def gather(choices: Choices, n: int, request: Request) -> tuple[list[str], list[str]]:
+    """Every choice's whole text and finish reason (a non-streamed reply); a client that
+    disconnects meanwhile cancels its choices, so they do not run on for nobody."""
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.1)
+        choices.cancel()
+
+    watcher = asyncio.create_task(watch())
+    texts, reasons = [""] * n, [""] * n
     try:
         async for index, update in choices.stream():
             texts[index] += update.text
             reasons[index] = update.finish_reason or reasons[index]
     finally:
-        choices.cancel()  # a no-op once finished; frees the rows if this was cancelled
+        watcher.cancel()
+        choices.cancel()  # a no-op once finished
     return texts, reasons
 
 
