@@ -388,7 +388,10 @@ def test_the_serve_command_builds_the_engine_and_settings(monkeypatch):
                  "--max-tokens-cap", "50"]) == 0
     assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
     assert started["engine"].max_batch == 3 and started["engine"].cache.keys[0].shape[0] == 3
+    assert started["engine"].context == 256  # the base's context, under the 1024 default
     assert started["settings"] == Settings("base", api_key="k", max_tokens_cap=50)
+    main(["serve", "--max-len", "100"])
+    assert started["engine"].context == 100 and started["engine"].cache.capacity == 100
 
 
 def test_a_client_leaving_before_a_whole_reply_frees_its_row(server):

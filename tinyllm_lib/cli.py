@@ -458,7 +458,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     model, tokenizer = load_model(args.model, args.adapter)
     name = args.model if args.model in MODEL_NAMES else Path(args.model).name
-    engine = Engine(model, tokenizer, max_batch=args.max_batch)
+    max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_len=max_len)
     settings = Settings(name, api_key=args.api_key, max_tokens_cap=args.max_tokens_cap)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 (max batch "
           f"{args.max_batch}); Ctrl-C stops", flush=True)
@@ -652,6 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sequences decoded together in one step (default 16)")
     srv.add_argument("--max-tokens-cap", type=positive_int, default=None,
                      help="the most tokens one reply may ask for (default: the context)")
+    srv.add_argument("--max-len", type=positive_int, default=None,
+                     help="tokens per sequence, prompt and reply: the KV cache holds "
+                     f"max-batch x max-len of them (default: the model's context, at most "
+                     f"{DEFAULT_MAX_LEN})")
     srv.set_defaults(run=cmd_serve)
 
     export = commands.add_parser(
