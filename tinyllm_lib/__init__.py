@@ -6,7 +6,9 @@ The names most programs need are here; each lives in the module of its concept:
 loop, resume state), ``evaluate``, ``sampling`` (generation), ``checkpoint`` (whole
 models), ``formats/`` (other tools' files: Hugging Face Llama, PEFT adapters) and
 ``world/`` (the synthetic world). ``plots`` and ``playground`` need the ``[book]`` extra
-(matplotlib, ipywidgets) and are imported on their own.
+(matplotlib, ipywidgets) and are imported on their own, as are ``engine`` (batched
+decoding for many requests) and ``serve`` (the OpenAI-compatible server over it, which
+needs the ``[serve]`` extra: FastAPI, uvicorn).
 """
 
 from .chat import encode_chat, format_chatml

@@ -1,4 +1,4 @@
-"""The command line: ``python -m tinyllm_lib {demo,train,eval,chat,pretrain,data,export}``.
+"""The command line: ``python -m tinyllm_lib {demo,train,eval,chat,pretrain,data,export,serve}``.
 
 Each command is a thin layer over the library: it parses flags, loads files, calls the
 same functions the book calls, and prints. Outputs go under ``outputs/`` (models and
@@ -451,6 +451,21 @@ def cmd_chat(args: argparse.Namespace) -> None:
         state["messages"].append({"role": "assistant", "content": answer})
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """An OpenAI-compatible server over the batching engine (``serve.py``, ``engine.py``)."""
+    from .engine import Engine  # imported here: the other commands need no FastAPI
+    from .serve import Settings, serve
+
+    model, tokenizer = load_model(args.model, args.adapter)
+    name = args.model if args.model in MODEL_NAMES else Path(args.model).name
+    max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_len=max_len)
+    settings = Settings(name, api_key=args.api_key, max_tokens_cap=args.max_tokens_cap)
+    print(f"serving {name!r} on http://{args.host}:{args.port}/v1 (max batch "
+          f"{args.max_batch}); Ctrl-C stops", flush=True)
+    serve(engine, settings, args.host, args.port)
+
+
 EXPORT_GGUF_TYPE = "f16"
 """``export --gguf``'s default type: what llama.cpp's converter writes by default; half of
 float32's size, and it moves the logits far less than Q8_0 does (the shipped base: about
@@ -622,6 +637,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the system prompt (default: the model's own, from its chat template)")
     add_config_flags(chat, "sampling", SamplingConfig())
     chat.set_defaults(run=cmd_chat)
+
+    srv = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (batched)")
+    srv.add_argument("--model", type=model_source, default=BASE_DIR,
+                     help=f"a model folder, a .gguf file or {SMOLLM2} (default: data/base); "
+                     "clients name it by its folder or file name")
+    srv.add_argument("--adapter", type=existing_path, action="append", default=None,
+                     help="a LoRA adapter; repeat to stack them in order (SFT, then DPO)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="the address to listen on (default: 127.0.0.1, this machine only)")
+    srv.add_argument("--port", type=positive_int, default=8000)
+    srv.add_argument("--api-key", default=None,
+                     help="require 'Authorization: Bearer KEY' (default: no key)")
+    srv.add_argument("--max-batch", type=positive_int, default=16,
+                     help="sequences decoded together in one step (default 16)")
+    srv.add_argument("--max-tokens-cap", type=positive_int, default=None,
+                     help="the most tokens one reply may ask for (default: the context)")
+    srv.add_argument("--max-len", type=positive_int, default=None,
+                     help="tokens per sequence, prompt and reply: the KV cache holds "
+                     f"max-batch x max-len of them (default: the model's context, at most "
+                     f"{DEFAULT_MAX_LEN})")
+    srv.set_defaults(run=cmd_serve)
 
     export = commands.add_parser(
         "export", help="write a model (with an adapter merged in) as a folder or a GGUF file")

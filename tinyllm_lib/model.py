@@ -142,6 +142,32 @@ class KVCache:
         self.length += seq
         return positions
 
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A view of rows ``start:stop``: what the model writes into it lands in this cache.
+
+        A batching engine (``engine.py``) keeps one cache row per running sequence; it
+        prefills a new sequence into its own row alone and runs a decode step over the
+        first rows, those in use.
+        """
+        return KVCache(keys=[k[start:stop] for k in self.keys],
+                       values=[v[start:stop] for v in self.values])
+
+    def write(
+        self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k`` and ``v`` ``[batch, kv_heads, seq, head_dim]`` of ``layer`` at slots
+        ``positions``; return the layer's whole key and value buffers.
+
+        ``positions`` is ``[seq]``, the same slots for every row (``advance``'s), or
+        ``[batch, seq]``, each row its own: a batch of sequences of different lengths,
+        where each row's new token goes to that row's next free slot.
+        """
+        keys, values = self.keys[layer], self.values[layer]
+        if positions.dim() == 1:
+            return keys.index_copy_(2, positions, k), values.index_copy_(2, positions, v)
+        slots = positions[:, None, :, None].expand_as(k)
+        return keys.scatter_(2, slots, k), values.scatter_(2, slots, v)
+
 
 class Attention(nn.Module):
     """Causal self-attention with rotary positions and grouped-query heads."""
@@ -162,7 +188,8 @@ class Attention(nn.Module):
         cache: KVCache | None = None, layer: int = 0, positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend causally over ``x``; with a ``cache``, ``positions`` are the slots
-        ``x``'s tokens take in it (from ``KVCache.advance``)."""
+        ``x``'s tokens take in it: ``[seq]`` from ``KVCache.advance``, or ``[batch, seq]``
+        when each row has its own (``KVCache.write``)."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -175,8 +202,7 @@ class Attention(nn.Module):
                 enable_gqa=self.kv_heads != self.num_heads,
             )
         else:
-            k = cache.keys[layer].index_copy_(2, positions, k)
-            v = cache.values[layer].index_copy_(2, positions, v)
+            k, v = cache.write(layer, positions, k, v)
             out = cached_attention(q, k, v, positions)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
@@ -193,13 +219,20 @@ def cached_attention(
     fuses these few lines into a couple of loops (``bench/results``). Grouped-query heads
     share a key and value head, repeated here to one per query head; the softmax is taken
     in float32, as the fused kernel does, so that bf16 weights lose nothing there.
+
+    ``positions`` is ``[seq]`` or, for rows of different lengths, ``[batch, seq]``. Each
+    row is computed over the same number of slots whatever the others hold, and a masked
+    slot gets probability exactly 0, so a row's result does not depend on the rows
+    batched with it: a sequence decodes to the same tokens alone or in a batch.
     """
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     slots = torch.arange(k.shape[2], device=q.device)
-    scores = scores.masked_fill(slots[None, :] > positions[:, None], float("-inf"))
+    if positions.dim() == 2:
+        positions = positions[:, None]  # [batch, 1, seq]: the same for every head
+    scores = scores.masked_fill(slots > positions[..., None], float("-inf"))
     return scores.float().softmax(dim=-1).to(v.dtype) @ v
 
 
@@ -285,7 +318,8 @@ class TinyLLM(nn.Module):
 
         With a ``cache``, ``input_ids`` continue the tokens already cached: their keys and
         values go to the cache slots ``positions``, by default the next ones
-        (``cache.advance``, which moves ``cache.length`` on).
+        (``cache.advance``, which moves ``cache.length`` on). ``positions`` may be
+        ``[batch, seq]``, one row of slots per sequence (``engine.py``'s decode step).
         """
         seq = input_ids.shape[1]
         if cache is None:
@@ -298,6 +332,8 @@ class TinyLLM(nn.Module):
             if positions is None:
                 positions = cache.advance(seq, self.config.max_seq_len)
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+            if positions.dim() == 2:  # each row its own positions: [batch, 1, seq, half]
+                cos, sin = cos[:, None], sin[:, None]
         x = self.model.embed_tokens(input_ids)
         cos, sin = cos.to(compute_dtype(x)), sin.to(compute_dtype(x))
         for i, block in enumerate(self.model.layers):
