@@ -26,6 +26,8 @@ import contextlib
 import json
 import logging
 import secrets
+import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -439,3 +441,46 @@ def serve(engine: Engine, settings: Settings, host: str = "127.0.0.1", port: int
     """Run the server until interrupted (``tinyllm serve``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="warning")
+
+
+@dataclass
+class BackgroundServer:
+    """A server running in a thread of this process (``start_in_background``): a notebook
+    or a test talks to it at ``url`` with any OpenAI client, then calls ``stop``."""
+
+    url: str
+    engine: Engine
+    server: uvicorn.Server
+    thread: threading.Thread
+    sock: socket.socket
+
+    def stop(self) -> None:
+        """Let uvicorn finish the requests in flight, then free the port."""
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+        if self.thread.is_alive():
+            raise RuntimeError("the server did not stop within 30 s")
+
+
+def start_in_background(engine: Engine, settings: Settings, host: str = "127.0.0.1",
+                        port: int = 0, timeout: float = 30.0) -> BackgroundServer:
+    """Start the app on ``host:port`` (0: a free port the system picks) in a daemon
+    thread, and return once it accepts connections. The socket is bound here, before
+    uvicorn starts, so the port is known and no other program can take it meanwhile."""
+    sock = socket.socket()
+    sock.bind((host, port))
+    config = uvicorn.Config(create_app(engine, settings), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
+                              name="tinyllm-http")
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError(f"the server did not start within {timeout:g} s")
+        time.sleep(0.02)
+    bound_host, bound_port = sock.getsockname()[:2]
+    return BackgroundServer(f"http://{bound_host}:{bound_port}/v1", engine, server, thread, sock)
