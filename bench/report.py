@@ -452,6 +452,47 @@ def qlora_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def serve_section(data: dict[str, Any]) -> list[str]:
+    settings, check, summary = data["settings"], data["correctness"], data["summary"]
+    lines = [
+        "## Serving",
+        "",
+        f"`tinyllm serve` ({settings['model']}, max batch {settings['max_batch']}) in its own "
+        f"process, clients in another: {settings['client']}. Each client sends "
+        f"{settings['requests_per_client']} requests one after another, each for exactly "
+        f"{settings['max_tokens']} tokens ({settings['sampling']}, `ignore_eos`). The baseline "
+        "is the same server with transformers' `generate` answering one request at a time.",
+        "",
+    ]
+    theirs = {row["clients"]: row for row in data["transformers"]}
+    rows = []
+    for row in data["tinyllm"]:
+        base = theirs.get(row["clients"])
+        rows.append([row["clients"], f"{row['tokens_per_s']:.0f}",
+                     f"{row['first_token_ms_p50']:.0f}", f"{row['first_token_ms_p95']:.0f}",
+                     f"{base['tokens_per_s']:.0f}" if base else "",
+                     f"{base['first_token_ms_p95']:.0f}" if base else ""])
+    lines += table(["clients", "tokens/s", "first token p50 (ms)", "first token p95 (ms)",
+                    "baseline tokens/s", "baseline p95 (ms)"], rows)
+    lines += [
+        "",
+        f"- 16 clients over one: **{summary['scaling_16_over_1']:.2f}x** tokens/s (target at "
+        f"least {summary['scaling_target']}x: {met(summary['scaling_met'])}).",
+        f"- Over the one-at-a-time baseline at 16 clients: "
+        f"**{summary['over_baseline_at_16']:.2f}x** (target at least "
+        f"{summary['baseline_target']}x: {met(summary['baseline_met'])}); "
+        f"p95 time to first token {summary['first_token_ms_p95_at_16']:.0f} ms against "
+        f"{summary['baseline_first_token_ms_p95_at_16']:.0f} ms.",
+        f"- {check['requests']} greedy prompts sent at once: {check['completed']} completed, "
+        f"{check['same_as_alone']} with the text they get alone. Server memory "
+        f"{check['rss_idle_mb']:.0f} MiB idle, {check['rss_peak_mb']:.0f} MiB at the peak, "
+        f"{check['rss_after_mb']:.0f} MiB after.",
+        "",
+        machine_line(data["machine"]), "",
+    ]
+    return lines
+
+
 def write_report() -> Path:
     """Write ``README.md`` from the results present and return its path."""
     lines = [
@@ -459,7 +500,8 @@ def write_report() -> Path:
         "",
         "Written by the scripts in `bench/` (`python bench/bench_train.py`, "
         "`bench_generate.py`, `bench_memory.py`, `bench_tokenizer.py`, `profile_train.py`, "
-        "`profile_generate.py`, `bench_real_model.py`, `bench_dpo_memory.py`, `bench_qlora.py`); "
+        "`profile_generate.py`, `bench_real_model.py`, `bench_dpo_memory.py`, `bench_qlora.py`, "
+        "`bench_serve.py`); "
         "the JSON files next to this one hold every sample. TinyLLM is compared with Hugging Face "
         "transformers' `LlamaForCausalLM` built from the same configuration and loaded "
         "with the same weights. A speedup is transformers' time over TinyLLM's. "
@@ -470,7 +512,7 @@ def write_report() -> Path:
         "train": train_section, "profile_train": profile_section, "generate": generate_section,
         "profile_generate": profile_generate_section, "memory": memory_section,
         "tokenizer": tokenizer_section, "real_model": real_model_section,
-        "dpo_memory": dpo_memory_section, "qlora": qlora_section,
+        "dpo_memory": dpo_memory_section, "qlora": qlora_section, "serve": serve_section,
     }
     for name, render in sections.items():
         data = load(name)

@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import torch
@@ -20,6 +21,7 @@ from tinyllm_lib.checkpoint import load_pretrained
 from tinyllm_lib.cli import main
 from tinyllm_lib.config import BASE_DIR
 from tinyllm_lib.engine import Engine, EngineBusy, Request, collect, held_back, wait
+from tinyllm_lib.loadtest import LoadResult, Reply, run_load
 from tinyllm_lib.model import KVCache
 from tinyllm_lib.sampling import SamplingConfig
 from tinyllm_lib.serve import Settings, start_in_background
@@ -201,6 +203,36 @@ def test_max_tokens_ends_with_length(server):
     assert reply.usage.prompt_tokens == len(server.tokenizer.encode("Ada Lane lives in"))
     reply = ask(server, "Tell me about Ada Lane.", max_completion_tokens=2)
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 2
+
+
+def test_ignore_eos_decodes_past_the_end_of_the_turn_to_max_tokens(server):
+    natural = ask(server, max_tokens=40)
+    assert natural.choices[0].finish_reason == "stop"  # it ends well before 40 tokens
+    assert natural.usage.completion_tokens < 30
+    longer = ask(server, max_tokens=40, extra_body={"ignore_eos": True})
+    assert longer.choices[0].finish_reason == "length"
+    assert longer.usage.completion_tokens == 40
+
+
+def test_a_load_test_times_every_reply_and_gets_the_replies_alone(server):
+    questions = [f"What is {a} + {b}?" for a, b in [(2, 3), (10, 4), (7, 7), (1, 9), (6, 2)]]
+    alone = [ask(server, q, max_tokens=24).choices[0].message.content for q in questions]
+    result = run_load(server.client, NAME, questions, clients=3, temperature=0, max_tokens=24)
+    assert [r.prompt for r in result.replies] == questions
+    assert [r.text for r in result.replies] == alone
+    assert all(0 < r.first_token_s <= r.total_s <= result.wall_s for r in result.replies)
+    assert all(r.finish_reason == "stop" and r.completion_tokens > 0 for r in result.replies)
+    tokens = sum(r.completion_tokens for r in result.replies)
+    assert result.tokens_per_s == pytest.approx(tokens / result.wall_s)
+
+
+def test_load_percentiles_are_numpy_linear_percentiles():
+    times = np.random.default_rng(0).uniform(0.001, 0.5, size=37)
+    replies = [Reply("q", "a", 1, float(t), 1.0, "stop") for t in times]
+    result = LoadResult(clients=4, replies=replies, wall_s=2.0)
+    for q in (50, 95):
+        assert result.first_token_ms(q) == pytest.approx(np.percentile(times * 1000, q))
+    assert LoadResult(1, replies[:1], 1.0).first_token_ms(95) == pytest.approx(times[0] * 1000)
 
 
 def test_streamed_chat_equals_the_whole_reply(server):

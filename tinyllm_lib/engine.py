@@ -72,6 +72,8 @@ class Request:
     own ``torch.Generator``, so its draws do not depend on the requests beside it.
     ``stop`` strings end the reply where they first appear; they are not part of it. Text
     that could be the start of a stop string is held back until it is known not to be.
+    ``ignore_eos`` decodes on past the tokenizer's stop tokens (a load test's replies of a
+    known length).
     ``emit`` is called from the engine's thread with each ``Update``.
     """
 
@@ -79,6 +81,7 @@ class Request:
     sampling: SamplingConfig
     emit: Callable[[Update], object]
     stop: Sequence[str] = ()
+    ignore_eos: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -259,7 +262,7 @@ class Engine:
     def accept(self, seq: Running) -> bool:
         """Take the newest token (``seq.last``) into the reply; tell the client; finished?"""
         token = int(seq.last)
-        if token in self.stop_ids:
+        if token in self.stop_ids and not seq.request.ignore_eos:
             return self.tell(seq, self.unsent(seq, final=True), "stop")
         seq.generated.append(token)
         text = self.tokenizer.decode(seq.generated)

@@ -76,8 +76,10 @@ class StreamOptions(BaseModel):
 class Sampled(BaseModel):
     """The fields both endpoints share: the model, how to sample, when to stop, how many.
 
-    ``top_k`` and ``repetition_penalty`` are extensions (vLLM's names); OpenAI's defaults
-    are temperature 1 and top_p 1. Unknown fields are ignored, as OpenAI's own
+    ``top_k``, ``repetition_penalty`` and ``ignore_eos`` are extensions (vLLM's names);
+    ``ignore_eos`` decodes on past the end-of-turn token, to exactly ``max_tokens`` (load
+    tests use it, for replies of a known length). OpenAI's defaults are temperature 1 and
+    top_p 1. Unknown fields are ignored, as OpenAI's own
     optional ones (``user``, ``logprobs``...) may be sent by any client.
     """
 
@@ -88,6 +90,7 @@ class Sampled(BaseModel):
     top_p: float = Field(1.0, ge=0, le=1)
     top_k: int = Field(0, ge=0)
     repetition_penalty: float = Field(1.0, gt=0)
+    ignore_eos: bool = False
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
@@ -214,7 +217,7 @@ class Choices:
     """The ``n`` engine requests of one HTTP request, and the queue of their updates."""
 
     def __init__(self, engine: Engine, prompt_ids: list[int], samplings: list[SamplingConfig],
-                 stop: Sequence[str]) -> None:
+                 stop: Sequence[str], ignore_eos: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.updates: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
 
@@ -222,7 +225,7 @@ class Choices:
             return lambda update: loop.call_soon_threadsafe(
                 self.updates.put_nowait, (index, update))
 
-        self.requests = [EngineRequest(prompt_ids, sampling, emitter(i), stop)
+        self.requests = [EngineRequest(prompt_ids, sampling, emitter(i), stop, ignore_eos)
                          for i, sampling in enumerate(samplings)]
         try:
             for request in self.requests:
@@ -308,7 +311,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                            f"{settings.model_name!r}", param="model", code="model_not_found")
         samplings = [sampling_for(body, len(prompt_ids), context, settings, i)
                      for i in range(body.n)]
-        return Choices(engine, prompt_ids, samplings, body.stops)
+        return Choices(engine, prompt_ids, samplings, body.stops, body.ignore_eos)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
