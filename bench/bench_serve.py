@@ -25,18 +25,12 @@ Run ``python bench/bench_serve.py`` (``--quick`` for a smoke run); results go to
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import torch
 from common import SHIPPED_BASE_DIR, llama_twin, machine_info, require_transformers, write_results
@@ -46,7 +40,7 @@ from tinyllm_lib.data import load_conversations
 from tinyllm_lib.engine import Engine, Request, Running
 from tinyllm_lib.loadtest import LoadResult, run_load
 from tinyllm_lib.lora import merge_and_unload
-from tinyllm_lib.serve import Settings, serve
+from tinyllm_lib.serve import ServerProcess, Settings, serve, start_process
 
 ROOT = Path(__file__).parents[1]
 ADAPTER_DIR = ROOT / "data" / "sft_adapter"
@@ -113,56 +107,24 @@ class GenerateOneAtATime(Engine):
         self.release([0])
 
 
-def serve_transformers(port: int) -> None:
+def serve_transformers(host: str, port: int) -> None:
     """The baseline server (run in its own process by ``--serve-transformers``)."""
     require_transformers()
     model, tokenizer = load_model(SHIPPED_BASE_DIR, ADAPTER_DIR)
     merge_and_unload(model)
     engine = GenerateOneAtATime(model, tokenizer, max_len=model.config.max_seq_len)
-    serve(engine, Settings(MODEL_NAME), port=port)
+    serve(engine, Settings(MODEL_NAME), host, port)
 
 
 # --------------------------------------------------------------------- the server process
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server_process(kind: str) -> Iterator[tuple[str, int]]:
-    """Start a server (``tinyllm`` or ``transformers``) on a free port; yield its URL and
-    process id once ``/health`` answers; stop it with Ctrl-C's signal at the end."""
-    port = free_port()
+def start_server(kind: str) -> ServerProcess:
+    """``tinyllm serve`` (``kind`` "tinyllm") or the baseline ("transformers") as a process."""
     if kind == "tinyllm":
-        command = [sys.executable, "-m", "tinyllm_lib", "serve", "--model",
-                   str(SHIPPED_BASE_DIR), "--adapter", str(ADAPTER_DIR), "--port", str(port),
-                   "--max-batch", str(MAX_BATCH)]
-    else:
-        command = [sys.executable, __file__, "--serve-transformers", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"the {kind} server exited: {process.stderr.read()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the {kind} server did not answer /health within 120 s")
-            time.sleep(0.2)
-        yield url, process.pid
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        return start_process(["--model", str(SHIPPED_BASE_DIR), "--adapter", str(ADAPTER_DIR),
+                              "--max-batch", str(MAX_BATCH)])
+    return start_process(command=[sys.executable, __file__, "--serve-transformers"])
 
 
 def rss_mb(pid: int) -> float:
@@ -252,11 +214,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: fewer clients and requests; results not saved")
-    parser.add_argument("--serve-transformers", type=int, metavar="PORT",
-                        help="(internal) run the baseline server on PORT")
+    parser.add_argument("--serve-transformers", action="store_true",
+                        help="(internal) run the baseline server on --host and --port")
+    parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=8000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_transformers:
-        return serve_transformers(args.serve_transformers)
+        return serve_transformers(args.host, args.port)
     require_transformers()
     counts = (1, 16) if args.quick else CLIENT_COUNTS
     per_client = 1 if args.quick else REQUESTS_PER_CLIENT
@@ -269,16 +233,16 @@ def main() -> None:
                      "streamed chat completions, one thread per client, loopback",
                      "transport": "server in its own process"}}
     # max_retries=0: a refused or failed request is an error here, not a silent retry.
-    with server_process("tinyllm") as (url, pid):
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+    with start_server("tinyllm") as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0,
                                timeout=120)
         print("correctness: 32 prompts alone, then at once", flush=True)
-        results["correctness"] = correctness(client, pid, prompts)
+        results["correctness"] = correctness(client, server.process.pid, prompts)
         print(f"  {results['correctness']}", flush=True)
         print("tinyllm serve (continuous batching):", flush=True)
         results["tinyllm"] = sweep(client, prompts, counts, per_client)
-    with server_process("transformers") as (url, pid):
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+    with start_server("transformers") as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0,
                                timeout=600)
         print("transformers generate, one request at a time:", flush=True)
         results["transformers"] = sweep(client, prompts, BASELINE_CLIENT_COUNTS, per_client)

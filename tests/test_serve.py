@@ -18,16 +18,18 @@ import torch
 
 from tinyllm_lib.chat import encode_chat
 from tinyllm_lib.checkpoint import load_pretrained
-from tinyllm_lib.cli import main
-from tinyllm_lib.config import BASE_DIR
+from tinyllm_lib.cli import load_model, main
+from tinyllm_lib.config import BASE_DIR, DATA_DIR
 from tinyllm_lib.engine import Engine, EngineBusy, Request, collect, held_back, wait
 from tinyllm_lib.loadtest import LoadResult, Reply, run_load
+from tinyllm_lib.lora import LoRALinear
 from tinyllm_lib.model import KVCache
 from tinyllm_lib.sampling import SamplingConfig
-from tinyllm_lib.serve import Settings, start_in_background
+from tinyllm_lib.serve import Settings, start_in_background, start_process
 
 KEY = "test-key"
 NAME = "tinyllm-base"
+SFT_ADAPTER = DATA_DIR / "sft_adapter"
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=24)
 
 
@@ -413,6 +415,29 @@ def test_the_serve_command_builds_the_engine_and_settings(monkeypatch):
     assert started["settings"] == Settings("base", api_key="k", max_tokens_cap=50)
     main(["serve", "--max-len", "100"])
     assert started["engine"].context == 100 and started["engine"].cache.capacity == 100
+    assert started["engine"].batch_invariant
+    main(["serve", "--adapter", str(SFT_ADAPTER), "--no-batch-invariant"])
+    served = started["engine"].model
+    assert not started["engine"].batch_invariant
+    assert not any(isinstance(m, LoRALinear) for m in served.modules())  # merged
+    adapted, _ = load_model(BASE_DIR, SFT_ADAPTER)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, served.config.vocab_size, (2, 30), generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(served(ids), adapted(ids), atol=1e-4, rtol=0)
+
+
+def test_the_server_as_a_process_answers_logs_and_stops_on_ctrl_c():
+    server = start_process(["--adapter", str(SFT_ADAPTER), "--max-batch", "2"])
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)
+        reply = client.chat.completions.create(
+            model="base", messages=[{"role": "user", "content": "What is 12 + 7?"}],
+            temperature=0, max_tokens=8)
+        assert reply.choices[0].message.content == "19"
+        assert any("POST /v1/chat/completions 200" in line for line in server.log_lines())
+    finally:
+        assert server.stop() == 0  # SIGINT: the engine's loop ends, uvicorn finishes
 
 
 def test_a_client_leaving_before_a_whole_reply_frees_its_row(server):

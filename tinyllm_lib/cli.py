@@ -457,9 +457,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import Settings, serve
 
     model, tokenizer = load_model(args.model, args.adapter)
+    # Served, an adapter no longer needs to be separate: merged into the weights, each
+    # adapted layer is one matrix product per token instead of three.
+    if args.adapter:
+        merge_and_unload(model)
     name = args.model if args.model in MODEL_NAMES else Path(args.model).name
     max_len = args.max_len or min(model.config.max_seq_len, DEFAULT_MAX_LEN)
-    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_len=max_len)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_len=max_len,
+                    batch_invariant=args.batch_invariant)
     settings = Settings(name, api_key=args.api_key, max_tokens_cap=args.max_tokens_cap)
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1 (max batch "
           f"{args.max_batch}); Ctrl-C stops", flush=True)
@@ -657,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokens per sequence, prompt and reply: the KV cache holds "
                      f"max-batch x max-len of them (default: the model's context, at most "
                      f"{DEFAULT_MAX_LEN})")
+    srv.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=True,
+                     help="run every decode step over all max-batch rows, so that a reply is "
+                     "the same under any load (default); --no-batch-invariant runs only the "
+                     "rows in use: faster when few clients are there")
     srv.set_defaults(run=cmd_serve)
 
     export = commands.add_parser(

@@ -414,6 +414,33 @@ def reward_curves(runs: Mapping[str, Sequence[Mapping]], window: int = 10) -> Fi
     return fig
 
 
+# --- Chapter 10: serving ---
+
+
+def serving_load(clients: Sequence[int], tokens_per_s: Sequence[float],
+                 first_token_ms: Mapping[str, Sequence[float]], title: str) -> Figure:
+    """A server under load: aggregate tokens/s (left) and time to first token (right, one
+    line per statistic, e.g. median and p95) against the number of concurrent clients."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.5, 3.2))
+    left.plot(clients, tokens_per_s, marker="o", label="measured")
+    left.plot(clients, [tokens_per_s[0] * c for c in clients], linestyle=":", color="0.5",
+              label="one client's rate x clients")
+    left.set(xscale="log", xlabel="concurrent clients", ylabel="tokens / s (all clients)")
+    left.set_ylim(0, max(tokens_per_s) * 1.3)
+    left.legend(fontsize=8)
+    for name, values in first_token_ms.items():
+        right.plot(clients, values, marker="o", label=name)
+    right.set(xscale="log", xlabel="concurrent clients", ylabel="time to first token (ms)")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.minorticks_off()
+        ax.set_xticks(clients, [str(c) for c in clients])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 # --- Appendix: benchmarks ---
 
 
