@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 from bench_memory import ALLOCATORS
-from bench_real_model import ours_lora, ours_step, random_ids, rss_mb, run_worker, train_config
-from common import alternate, machine_info, paired_speedup, set_threads, write_results
+from bench_real_model import ours_lora, ours_step, random_ids, run_worker, train_config
+from common import alternate, machine_info, paired_speedup, rss_mb, set_threads, write_results
 from torch import nn
 
 from tinyllm_lib.checkpoint import SMOLLM2, load_pretrained

@@ -76,6 +76,7 @@ from common import (
     paired_speedup,
     peak_rss_mb,
     require_transformers,
+    rss_mb,
     set_threads,
     write_results,
 )
@@ -251,14 +252,6 @@ def rounded(ms: dict[str, float], digits: int = 1) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ training memory
-
-
-def rss_mb(field: str) -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (peak since start or last reset), in MiB."""
-    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 2**10
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_worker(side: str, targets: str, args: argparse.Namespace) -> None:

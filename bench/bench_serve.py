@@ -33,7 +33,14 @@ from typing import Any
 
 import openai
 import torch
-from common import SHIPPED_BASE_DIR, llama_twin, machine_info, require_transformers, write_results
+from common import (
+    SHIPPED_BASE_DIR,
+    llama_twin,
+    machine_info,
+    require_transformers,
+    rss_mb,
+    write_results,
+)
 
 from tinyllm_lib.cli import load_model
 from tinyllm_lib.data import load_conversations
@@ -127,24 +134,16 @@ def start_server(kind: str) -> ServerProcess:
     return start_process(command=[sys.executable, __file__, "--serve-transformers"])
 
 
-def rss_mb(pid: int) -> float:
-    """A process's resident memory now, from ``/proc/PID/status``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
 class PeakMemory:
     """Sample a process's resident memory every 20 ms in a thread, keeping the largest."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, rss_mb(pid), threading.Event()
+        self.pid, self.peak, self._stop = pid, rss_mb(pid=pid), threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, rss_mb(self.pid))
+            self.peak = max(self.peak, rss_mb(pid=self.pid))
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -179,12 +178,12 @@ def correctness(client: openai.OpenAI, pid: int, prompts: list[str]) -> dict[str
     """Alone, then all at once: the same replies, nothing dropped, memory back to idle."""
     alone = [run_load(client, MODEL_NAME, [p], 1, temperature=0, max_tokens=MAX_TOKENS)
              .replies[0] for p in prompts]
-    idle = rss_mb(pid)
+    idle = rss_mb(pid=pid)
     with PeakMemory(pid) as memory:
         together = run_load(client, MODEL_NAME, prompts, len(prompts), temperature=0,
                             max_tokens=MAX_TOKENS)
     time.sleep(1.0)
-    after = rss_mb(pid)
+    after = rss_mb(pid=pid)
     same = sum(a.text == b.text and a.finish_reason == b.finish_reason
                for a, b in zip(alone, together.replies, strict=True))
     return {"requests": len(prompts), "completed": len(together.replies),

@@ -254,6 +254,15 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def rss_mb(field: str = "VmRSS", pid: int | str = "self") -> float:
+    """A process's ``VmRSS`` (resident now) or ``VmHWM`` (peak since start or last reset),
+    in MiB, from ``/proc/PID/status`` (this process's by default)."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**10
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
 def config_summary(config: ModelConfig) -> dict[str, Any]:
     """The model configuration as saved with the results, with derived sizes resolved."""
     return {**config_to_dict(config), "kv_heads": config.kv_heads, "mlp_size": config.mlp_size}
